@@ -1,0 +1,264 @@
+/* outcore: out-of-core arrays on a userspace virtual memory manager.
+ * Copyright (C) 2026 the outcore developers.
+ * SPDX-License-Identifier: GPL-3.0-or-later WITH outcore-OSI-exception
+ *
+ * internal.h: what the core's files share and nobody else sees.
+ *
+ * Locking.  One core lock (_oc_lock/_oc_unlock) protects every RAM, handle,
+ * page and mapping, and the mapping registry.  One condition variable is
+ * broadcast whenever a page leaves the LOADING state; waiters re-check.
+ * The lock is never held while a file op (loadblk/storeblk/mapblk) runs.
+ * While waiting for the lock or the condition, the binding's lock hooks
+ * release its global lock (the GIL).
+ *
+ * Objects:
+ *   oc_ram     one shared-memory file cut in slots of pagesize, a window
+ *              that maps the file read-write, two LRU lists of resident
+ *              pages (clean + base-mapped; dirty), the budget.
+ *   oc_fileh   a file + a RAM + pages (blk -> page) + dirty pages (blk ->
+ *              page, ordered) + its mappings.
+ *   oc_vma     an address range showing blocks [pgoffset, pgoffset+pglen)
+ *              of a handle; maps (index -> maprec) says which are mapped.
+ *   page       one block of one handle that is resident in some way.
+ *   maprec     one page mapped in one vma (on the page's list and in the
+ *              vma's map); each costs at most two kernel mappings.
+ */
+#ifndef OUTCORE_INTERNAL_H
+#define OUTCORE_INTERNAL_H
+
+#include <outcore/outcore.h>
+
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/types.h>
+
+/* ---- assertions ------------------------------------------------------ */
+
+/* Always on, safe in the fault handler (no allocation). */
+#define OC_BUG_ON(cond)                                                   \
+	do {                                                              \
+		if (__builtin_expect(!!(cond), 0))                        \
+			_oc_bug(__FILE__, __LINE__, #cond);               \
+	} while (0)
+__attribute__((noreturn)) void _oc_bug(const char *file, int line,
+				       const char *what);
+
+/* Print a message to stderr with write(2) only (safe in a signal handler). */
+void _oc_msg(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+/* ---- intrusive list ---------------------------------------------------- */
+
+struct oc_list {
+	struct oc_list *prev, *next;
+};
+
+static inline void oc_list_init(struct oc_list *h) { h->prev = h->next = h; }
+static inline bool oc_list_empty(const struct oc_list *h) { return h->next == h; }
+static inline bool oc_list_linked(const struct oc_list *e) { return e->next != NULL && e->next != e; }
+static inline void oc_list_add_tail(struct oc_list *h, struct oc_list *e)
+{
+	e->prev = h->prev;
+	e->next = h;
+	h->prev->next = e;
+	h->prev = e;
+}
+static inline void oc_list_del(struct oc_list *e)
+{
+	e->prev->next = e->next;
+	e->next->prev = e->prev;
+	e->prev = e->next = e;
+}
+#define oc_container_of(ptr, type, member) \
+	((type *)(void *)((char *)(ptr) - offsetof(type, member)))
+
+/* ---- OS primitives (os.c) ---------------------------------------------- */
+/* Each returns 0 or -errno unless said otherwise and never touches the
+ * caller's errno.  They tell memory checkers about pages that appear and
+ * vanish on purpose. */
+
+/* Reserve len bytes of inaccessible address space aligned to align (a power
+ * of two); *out gets the address.  -ENOMEM when there is no such range. */
+int _oc_os_reserve(size_t len, size_t align, void **out);
+/* Return [addr, addr+len) to the OS (munmap). */
+int _oc_os_release(void *addr, size_t len);
+/* Make [addr, addr+len) inaccessible again, keeping it reserved (an
+ * anonymous PROT_NONE mapping over it, so no page tables are freed). */
+int _oc_os_unmap_to_reserve(void *addr, size_t len);
+/* Map fd at off over [addr, addr+len) with prot (MAP_SHARED|MAP_FIXED),
+ * populating the page tables when populate is set. */
+int _oc_os_map_fixed(void *addr, size_t len, int prot, int fd, uint64_t off,
+		     bool populate);
+/* mprotect. */
+int _oc_os_protect(void *addr, size_t len, int prot);
+/* Punch a hole (free the memory) in a shared-memory file. */
+int _oc_os_punch(int fd, uint64_t off, size_t len);
+/* Tell memory checkers that [addr, addr+len) is addressable and defined
+ * although it may be inaccessible to the CPU (faults on it are served). */
+void _oc_os_mark_managed(void *addr, size_t len);
+/* Whether we run under valgrind. */
+bool _oc_os_under_valgrind(void);
+/* Full pwrite/pread loops; return 0 or -errno (-EIO on a short count). */
+int _oc_os_pwrite_all(int fd, const void *buf, size_t len, uint64_t off);
+int _oc_os_pread_all(int fd, void *buf, size_t len, uint64_t off);
+/* The kernel's vm.max_map_count (65530 when unreadable). */
+long _oc_os_max_map_count(void);
+
+/* ---- core lock and global state (virtmem.c) ---------------------------- */
+
+void _oc_lock(void);
+void _oc_unlock(void);
+/* Wait on the core condition; the lock is held before and after. */
+void _oc_wait(void);
+void _oc_broadcast(void);
+/* The fork generation: objects made in another generation are dead. */
+extern unsigned _oc_gen;
+
+/* ---- RAM (ram.c) ------------------------------------------------------ */
+
+struct oc_ram {
+	oc_ram_kind_t kind;
+	size_t pagesize;
+	unsigned pageshift;
+	int fd;
+	unsigned gen;
+	uint64_t budget;
+	bool can_pwrite; /* the memory file supports pwrite/pread */
+
+	/* slots: the file is cut in pagesize slots */
+	uint64_t nslots;      /* slots the file holds (its size / pagesize) */
+	uint64_t *freeslots;  /* stack of free (punched) slots */
+	uint64_t nfree, capfree;
+	uint8_t *warm;        /* per slot: its window page tables are filled */
+	uint64_t capwarm;
+
+	/* window: the file mapped read-write in chunks */
+	char **chunks;
+	uint64_t nchunks;
+	uint64_t chunk_slots; /* slots per chunk */
+
+	struct oc_list lru_clean; /* clean RAM pages and base blocks, LRU first */
+	struct oc_list lru_dirty; /* dirty pages that are mapped somewhere */
+
+	uint64_t ram_pages, base_blocks, dirty_pages;
+	oc_ram_stats_t st;
+	bool warned;
+	int nfileh;
+	bool is_default;
+	struct oc_list link; /* in the global list of RAMs */
+};
+
+/* Under the lock: get a slot for a new page, reclaiming a clean page of
+ * this RAM when the budget is reached (its slot is then reused at once).
+ * *warm says whether the slot's window page tables are filled.  Returns 0
+ * or -errno. */
+int _oc_ram_get_slot(oc_ram_t *ram, uint64_t *slot, bool *warm);
+/* Under the lock: release a slot, punching its memory out. */
+void _oc_ram_put_slot(oc_ram_t *ram, uint64_t slot);
+/* Under the lock: make room in the budget for one base-layer block. */
+void _oc_ram_make_room(oc_ram_t *ram);
+/* The window address of a slot. */
+void *_oc_ram_slot_addr(oc_ram_t *ram, uint64_t slot);
+/* Fill a slot's window page tables for writing (after which it is warm). */
+int _oc_ram_warm_slot(oc_ram_t *ram, uint64_t slot);
+/* Reclaim up to n clean pages or base blocks (lock held); returns count. */
+uint64_t _oc_ram_reclaim_locked(oc_ram_t *ram, uint64_t n, bool for_budget);
+/* Every RAM (for fork handling and the map-count bound). */
+extern struct oc_list _oc_rams;
+/* Drop a ref from a handle (lock held). */
+void _oc_ram_unref(oc_ram_t *ram);
+void _oc_ram_forget_in_child(void);
+
+/* ---- pages, handles, mappings (virtmem.c) ------------------------------ */
+
+enum page_state {
+	PAGE_LOADING = 1,     /* loadblk/mapblk running, lock released */
+	PAGE_LOADING_INVAL,   /* invalidated while loading: thrown away after */
+	PAGE_CLEAN,           /* in a RAM slot, equal to the stored data */
+	PAGE_DIRTY,           /* in a RAM slot, modified */
+	PAGE_BASE,            /* mapped from the file's base layer, no slot */
+};
+
+struct maprec;
+
+struct page {
+	enum page_state state;
+	oc_fileh_t *fh;
+	uint64_t blk;
+	int64_t slot;          /* RAM slot, or -1 */
+	int base_fd;           /* PAGE_BASE: where the block is mapped from */
+	uint64_t base_off;
+	struct maprec *maps;   /* mappings showing this page */
+	unsigned nmaps;
+	struct oc_list lru;    /* in ram->lru_clean or ram->lru_dirty */
+	uint64_t stamp;        /* fault clock at the last fault */
+	uint64_t dirty_gen;    /* writeout generation when it became dirty */
+	int busy;              /* being copied/stored with the lock released */
+};
+
+struct maprec {
+	struct oc_vma *vma;
+	struct page *page;
+	struct maprec *next; /* next mapping of the same page */
+	int prot;
+};
+
+struct oc_fileh {
+	oc_file_t *file;
+	oc_ram_t *ram;
+	unsigned gen;
+	oc_pagemap_t pages; /* blk -> struct page */
+	oc_pagemap_t dirty; /* blk -> struct page, dirty only */
+	struct oc_list vmas;
+	int nvmas;
+	bool writeout; /* a writeout is running */
+	uint64_t writeout_gen; /* generation given to pages dirtied now */
+	uint64_t store_gen;    /* generation of the last STORE pass */
+	bool store_pending;    /* a STORE was not yet followed by MARKSTORED */
+	int nbusy;     /* pages busy with the lock released */
+};
+
+struct oc_vma {
+	uintptr_t start, stop;
+	uint64_t pgoffset, pglen;
+	oc_fileh_t *fh;
+	unsigned gen;
+	oc_pagemap_t maps; /* page index in vma -> struct maprec */
+	struct oc_list fh_link;
+	void *user;
+	size_t reserved_len; /* the reservation (>= stop - start) */
+	void *reserved_addr;
+};
+
+/* Under the lock: drop a page entirely: unmap it everywhere, free its slot
+ * (punching it unless keep_slot), take it off every list and free it.
+ * Returns the slot when keep_slot (the caller reuses it), else -1. */
+int64_t _oc_page_drop(struct page *p, bool keep_slot);
+/* Under the lock: unmap a page from every mapping. */
+void _oc_page_unmap_all(struct page *p);
+
+/* Fault service.  write: 0 a read, 1 a write, 2 unknown (then a fault
+ * on a read-only mapping is taken as a write).  Serves one access at addr
+ * (lock not held) and returns 0, 1 (not managed memory) or a negative
+ * error: -EDEADLK for a fault from inside an op of the same handle, else a
+ * load error.  *fi tells which file and block. */
+struct oc_fault_info {
+	uint64_t blk;
+	const char *file;
+};
+int _oc_serve(uintptr_t addr, int write, struct oc_fault_info *fi);
+/* Whether addr belongs to a mapping made before a fork (in a child). */
+bool _oc_addr_inherited(uintptr_t addr);
+
+/* The handle whose op the current thread is running (NULL if none). */
+extern __thread oc_fileh_t *_oc_in_op;
+
+/* Lock hooks (pagefault.c). */
+extern oc_lock_hooks_t _oc_hooks;
+extern oc_fatal_hook_t _oc_fatal_hook;
+
+/* Stop the process with sig after the message (never returns). */
+__attribute__((noreturn)) void _oc_die(int sig);
+
+#endif

@@ -1,0 +1,172 @@
+/* outcore: out-of-core arrays on a userspace virtual memory manager.
+ * Copyright (C) 2026 the outcore developers.
+ * SPDX-License-Identifier: GPL-3.0-or-later WITH outcore-OSI-exception
+ *
+ * pagefault.c: the SIGSEGV handler.
+ *
+ * It serves faults in managed memory and passes every other fault on:
+ * to the handler that was installed before ours, or, when there was none,
+ * it restores the default action and returns, so the faulting instruction
+ * runs again and the kernel kills the process with a core dump at that
+ * instruction, as if outcore were not there.
+ *
+ * Read or write.  On x86-64 the page-fault error code in the signal
+ * context says whether the access was a write, which saves a second fault
+ * for a first write to an unloaded page.  Elsewhere, and under valgrind
+ * (which does not reproduce the error code), the portable rule applies: a
+ * fault on a page we mapped read-only is a write; a fault on an unmapped
+ * page is served as a read, and if it was a write the retried instruction
+ * faults again on the read-only page.
+ *
+ * The handler runs with SA_NODEFER so that a fault inside a loadblk (which
+ * runs in the handler) reaches us too: on memory of the same handle it can
+ * never complete, and we stop with a message instead of hanging; on
+ * memory of another handle it is served normally.
+ */
+#include "internal.h"
+
+#include <errno.h>
+#include <signal.h>
+#include <string.h>
+#include <ucontext.h>
+#include <unistd.h>
+
+static struct sigaction prev;
+static pthread_mutex_t install_lock = PTHREAD_MUTEX_INITIALIZER;
+static int installed;
+static bool trust_error_code;
+oc_fatal_hook_t _oc_fatal_hook;
+
+void oc_set_fatal_hook(oc_fatal_hook_t hook)
+{
+	__atomic_store_n(&_oc_fatal_hook, hook, __ATOMIC_SEQ_CST);
+}
+
+void _oc_die(int sig)
+{
+	struct sigaction sa;
+	sigset_t set;
+
+	memset(&sa, 0, sizeof sa);
+	sa.sa_handler = SIG_DFL;
+	sigaction(sig, &sa, NULL);
+	sigemptyset(&set);
+	sigaddset(&set, sig);
+	pthread_sigmask(SIG_UNBLOCK, &set, NULL);
+	raise(sig);
+	_exit(128 + sig);
+}
+
+static void chain(int sig, siginfo_t *si, void *uc)
+{
+	struct sigaction sa;
+
+	if ((prev.sa_flags & SA_SIGINFO) && prev.sa_sigaction) {
+		prev.sa_sigaction(sig, si, uc);
+		return;
+	}
+	if (!(prev.sa_flags & SA_SIGINFO) && prev.sa_handler != SIG_DFL &&
+	    prev.sa_handler != SIG_IGN) {
+		prev.sa_handler(sig);
+		return;
+	}
+	/* No handler before us: the default action, at the faulting
+	 * instruction (it runs again when we return). */
+	memset(&sa, 0, sizeof sa);
+	sa.sa_handler = SIG_DFL;
+	sigaction(SIGSEGV, &sa, NULL);
+	if (si->si_code <= 0)
+		raise(sig); /* sent by kill(): nothing will fault again */
+}
+
+static int access_kind(void *ucv)
+{
+#if defined(__x86_64__) && defined(REG_ERR)
+	if (trust_error_code) {
+		ucontext_t *uc = ucv;
+		return (uc->uc_mcontext.gregs[REG_ERR] & 2) ? 1 : 0;
+	}
+#endif
+	(void)ucv;
+	return 2;
+}
+
+static void on_segv(int sig, siginfo_t *si, void *uc)
+{
+	int saved = errno, r, attempt = 0;
+	uintptr_t addr = (uintptr_t)si->si_addr;
+	struct oc_fault_info fi = {0, NULL};
+	int write;
+
+	if (si->si_code <= 0)
+		goto pass; /* kill(), sigqueue(), ...: not a fault */
+	write = access_kind(uc);
+	for (;;) {
+		r = _oc_serve(addr, write, &fi);
+		if (r == 0) {
+			errno = saved;
+			return;
+		}
+		if (r == 1) {
+			if (_oc_addr_inherited(addr))
+				_oc_msg("outcore: this process, a fork() child, touched "
+					"address %p, which outcore manages in the parent "
+					"process; a child sees none of its parent's managed "
+					"memory: open the file or store anew in the child",
+					(void *)addr);
+			goto pass;
+		}
+		if (r == -EDEADLK) {
+			_oc_msg("outcore: a loadblk/storeblk of file '%s' touched "
+				"block %lu of the very handle it serves, which is not "
+				"loaded and can never be while that op runs; stopping",
+				fi.file, (unsigned long)fi.blk);
+			_oc_die(SIGABRT);
+		}
+		if (++attempt > OC_LOAD_RETRIES)
+			break;
+		{
+			struct timespec ts = {0, 10 * 1000 * 1000 * attempt};
+			nanosleep(&ts, NULL);
+		}
+	}
+	_oc_msg("outcore: loading block %lu of file '%s' for a page fault at %p "
+		"failed %d times: %s (error %d); a fault cannot return an error, "
+		"so the process stops with SIGBUS, as the kernel does when a read "
+		"through a file mapping fails (use oc_prefault() to get errors as "
+		"return codes)",
+		(unsigned long)fi.blk, fi.file ? fi.file : "?", (void *)addr,
+		attempt, oc_strerror(r), r);
+	{
+		oc_fatal_hook_t hook = __atomic_load_n(&_oc_fatal_hook, __ATOMIC_SEQ_CST);
+		if (hook)
+			hook("outcore: a load failed inside a page fault");
+	}
+	_oc_die(SIGBUS);
+pass:
+	errno = saved;
+	chain(sig, si, uc);
+}
+
+int oc_pagefault_install(void)
+{
+	struct sigaction sa;
+	int err = 0;
+
+	pthread_mutex_lock(&install_lock);
+	if (installed)
+		goto out;
+	trust_error_code = !_oc_os_under_valgrind();
+	memset(&sa, 0, sizeof sa);
+	sa.sa_sigaction = on_segv;
+	sa.sa_flags = SA_SIGINFO | SA_NODEFER | SA_ONSTACK | SA_RESTART;
+	sigemptyset(&sa.sa_mask);
+	if (sigaction(SIGSEGV, &sa, &prev)) {
+		err = -errno;
+		goto out;
+	}
+	installed = 1;
+out:
+	pthread_mutex_unlock(&install_lock);
+	return err;
+}

@@ -1,0 +1,505 @@
+/* outcore: out-of-core arrays on a userspace virtual memory manager.
+ * Copyright (C) 2026 the outcore developers.
+ * SPDX-License-Identifier: GPL-3.0-or-later WITH outcore-OSI-exception
+ *
+ * ram.c: RAM: a shared-memory file cut in page-sized slots, its window,
+ * the budget and reclaim.
+ *
+ * Slots.  Slot s is the file range [s*pagesize, (s+1)*pagesize).  Freed
+ * slots are hole-punched (the memory goes back to the OS at once) and kept
+ * on a stack for reuse.  When the budget is reached, a new page takes the
+ * slot of the least recently faulted clean page directly, without punching
+ * it, so its memory is reused at once.
+ *
+ * The window maps the whole file read-write, in chunks, at addresses of
+ * our own.  A slot is "warm" when its window page tables are filled: then
+ * loadblk can write into it and storeblk read from it at memcpy speed.  A
+ * cold slot is filled with pwrite (and read with pread) instead: on these
+ * machines every newly touched 4 KiB page table entry costs ~1.3 us, so
+ * touching a cold slot through the window would cost more than a copy.
+ * Slots become warm when they are recycled under the budget (the steady
+ * state of a scan bigger than the budget); hugetlb memory has no pwrite
+ * and is always used through the window (its huge pages cost one entry).
+ */
+#include "internal.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#ifndef MFD_HUGETLB
+#define MFD_HUGETLB 0x0004U
+#endif
+#ifndef MFD_HUGE_2MB
+#define MFD_HUGE_2MB (21U << 26)
+#endif
+#ifndef MADV_POPULATE_WRITE
+#define MADV_POPULATE_WRITE 23
+#endif
+
+#define HUGE_SIZE ((size_t)2 << 20)
+#define CHUNK_BYTES ((uint64_t)256 << 20)
+
+struct oc_list _oc_rams = {&_oc_rams, &_oc_rams};
+static oc_ram_t *defaults[64];
+
+static uint64_t meminfo_value(const char *key)
+{
+	char buf[4096];
+	uint64_t v = 0;
+	ssize_t n;
+	int fd = open("/proc/meminfo", O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return 0;
+	n = read(fd, buf, sizeof buf - 1);
+	close(fd);
+	if (n <= 0)
+		return 0;
+	buf[n] = 0;
+	{
+		char *p = strstr(buf, key);
+		if (p)
+			v = strtoull(p + strlen(key), NULL, 10);
+	}
+	return v;
+}
+
+uint64_t oc_ram_budget_default(void)
+{
+	const char *s = getenv("OUTCORE_RAM");
+	uint64_t v;
+	long pages = sysconf(_SC_PHYS_PAGES), psz = sysconf(_SC_PAGESIZE);
+
+	if (s && *s && oc_parse_size(s, &v) == 0 && v >= 4096)
+		return v;
+	v = (pages > 0 && psz > 0) ? (uint64_t)pages * (uint64_t)psz / 4 : 0;
+	if (v < ((uint64_t)64 << 20))
+		v = (uint64_t)64 << 20;
+	return v;
+}
+
+static int open_memory(const oc_ram_opts_t *o, size_t ps, int *fd_out)
+{
+	int fd;
+
+	switch (o->kind) {
+	case OC_RAM_MEMFD:
+		fd = memfd_create("outcore-ram", MFD_CLOEXEC);
+		break;
+	case OC_RAM_HUGETLB:
+		if (ps % HUGE_SIZE || meminfo_value("HugePages_Total:") == 0)
+			return OC_ENOHUGE;
+		fd = memfd_create("outcore-ram-huge",
+				  MFD_CLOEXEC | MFD_HUGETLB | MFD_HUGE_2MB);
+		break;
+	case OC_RAM_TMPFS:
+		fd = open(o->dir, O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
+		if (fd < 0 && (errno == EOPNOTSUPP || errno == EISDIR)) {
+			char path[4096];
+			snprintf(path, sizeof path, "%s/outcore-ram.XXXXXX", o->dir);
+			fd = mkostemp(path, O_CLOEXEC);
+			if (fd >= 0)
+				unlink(path);
+		}
+		break;
+	default:
+		return -EINVAL;
+	}
+	if (fd < 0)
+		return -errno;
+	*fd_out = fd;
+	return 0;
+}
+
+int oc_ram_new(oc_ram_t **out, const oc_ram_opts_t *opts)
+{
+	oc_ram_opts_t o = {OC_RAM_OPTS_VERSION, OC_RAM_MEMFD, 0, 0, NULL};
+	oc_ram_t *ram = NULL;
+	size_t ps;
+	int fd = -1, err;
+
+	if (!out)
+		return -EINVAL;
+	if (opts) {
+		if (opts->version != OC_RAM_OPTS_VERSION)
+			return -EINVAL;
+		o = *opts;
+	}
+	ps = o.pagesize ? o.pagesize : OC_PAGESIZE_DEFAULT;
+	if (ps < 4096 || (ps & (ps - 1)))
+		return -EINVAL;
+	if ((unsigned)o.kind > OC_RAM_TMPFS)
+		return -EINVAL;
+	if (o.kind == OC_RAM_TMPFS && !o.dir)
+		return -EINVAL;
+	if (o.budget && o.budget < ps)
+		return -EINVAL;
+	err = open_memory(&o, ps, &fd);
+	if (err)
+		goto fail;
+	ram = calloc(1, sizeof *ram);
+	if (!ram) {
+		err = -ENOMEM;
+		goto fail;
+	}
+	ram->kind = o.kind;
+	ram->pagesize = ps;
+	ram->pageshift = (unsigned)__builtin_ctzll(ps);
+	ram->fd = fd;
+	ram->budget = o.budget ? o.budget : oc_ram_budget_default();
+	if (ram->budget < ps)
+		ram->budget = ps;
+	ram->can_pwrite = o.kind != OC_RAM_HUGETLB;
+	ram->chunk_slots = CHUNK_BYTES > ps ? CHUNK_BYTES / ps : 1;
+	oc_list_init(&ram->lru_clean);
+	oc_list_init(&ram->lru_dirty);
+	_oc_lock();
+	ram->gen = _oc_gen;
+	oc_list_add_tail(&_oc_rams, &ram->link);
+	_oc_unlock();
+	*out = ram;
+	return 0;
+fail:
+	if (fd >= 0)
+		close(fd);
+	free(ram);
+	return err;
+}
+
+/* Free everything of a RAM (lock held, no handles). */
+static void ram_free(oc_ram_t *ram)
+{
+	uint64_t c;
+	size_t chunk = (size_t)(ram->chunk_slots * ram->pagesize);
+
+	oc_list_del(&ram->link);
+	for (c = 0; c < ram->nchunks; c++)
+		_oc_os_release(ram->chunks[c], chunk);
+	close(ram->fd);
+	free(ram->chunks);
+	free(ram->freeslots);
+	free(ram->warm);
+	free(ram);
+}
+
+int oc_ram_close(oc_ram_t *ram)
+{
+	int err = 0;
+
+	if (!ram)
+		return 0;
+	_oc_lock();
+	if (ram->gen != _oc_gen)
+		goto out; /* inherited across fork: forget it */
+	if (ram->nfileh > 0 || ram->is_default) {
+		err = -EBUSY;
+		goto out;
+	}
+	ram_free(ram);
+out:
+	_oc_unlock();
+	return err;
+}
+
+void _oc_ram_unref(oc_ram_t *ram)
+{
+	OC_BUG_ON(ram->nfileh <= 0);
+	ram->nfileh--;
+}
+
+int oc_ram_default(size_t pagesize, oc_ram_t **out)
+{
+	oc_ram_t *ram = NULL, *other;
+	oc_ram_opts_t o = {OC_RAM_OPTS_VERSION, OC_RAM_MEMFD, pagesize, 0, NULL};
+	unsigned shift;
+	int err;
+
+	if (!out || pagesize < 4096 || (pagesize & (pagesize - 1)))
+		return -EINVAL;
+	shift = (unsigned)__builtin_ctzll(pagesize);
+	_oc_lock();
+	ram = defaults[shift];
+	if (ram && ram->gen != _oc_gen)
+		ram = NULL;
+	_oc_unlock();
+	if (ram) {
+		*out = ram;
+		return 0;
+	}
+	err = oc_ram_new(&ram, &o);
+	if (err)
+		return err;
+	_oc_lock();
+	other = defaults[shift];
+	if (other && other->gen == _oc_gen) {
+		ram_free(ram); /* lost a race: keep the first */
+		ram = other;
+	} else {
+		ram->is_default = true;
+		defaults[shift] = ram;
+	}
+	_oc_unlock();
+	*out = ram;
+	return 0;
+}
+
+size_t oc_ram_pagesize(const oc_ram_t *ram)
+{
+	return ram->pagesize;
+}
+
+oc_ram_kind_t oc_ram_kind(const oc_ram_t *ram)
+{
+	return ram->kind;
+}
+
+uint64_t oc_ram_budget(const oc_ram_t *ram)
+{
+	return ram->budget;
+}
+
+static uint64_t used_units(const oc_ram_t *ram)
+{
+	return ram->ram_pages + ram->base_blocks;
+}
+
+int oc_ram_set_budget(oc_ram_t *ram, uint64_t budget)
+{
+	uint64_t want;
+
+	if (!ram || budget < ram->pagesize)
+		return -EINVAL;
+	_oc_lock();
+	if (ram->gen != _oc_gen) {
+		_oc_unlock();
+		return OC_EFORKED;
+	}
+	ram->budget = budget;
+	want = budget >> ram->pageshift;
+	if (used_units(ram) > want)
+		_oc_ram_reclaim_locked(ram, used_units(ram) - want, true);
+	_oc_unlock();
+	return 0;
+}
+
+int oc_ram_stats(oc_ram_t *ram, oc_ram_stats_t *st)
+{
+	if (!ram || !st)
+		return -EINVAL;
+	_oc_lock();
+	*st = ram->st;
+	st->budget = ram->budget;
+	st->pagesize = ram->pagesize;
+	st->used = used_units(ram) << ram->pageshift;
+	st->ram_pages = ram->ram_pages;
+	st->dirty_pages = ram->dirty_pages;
+	st->base_blocks = ram->base_blocks;
+	_oc_unlock();
+	return 0;
+}
+
+uint64_t _oc_ram_reclaim_locked(oc_ram_t *ram, uint64_t n, bool for_budget)
+{
+	uint64_t done = 0;
+
+	while (done < n && !oc_list_empty(&ram->lru_clean)) {
+		struct page *p = oc_container_of(ram->lru_clean.next,
+						 struct page, lru);
+		_oc_page_drop(p, false);
+		done++;
+	}
+	if (for_budget)
+		ram->st.reclaims += done;
+	return done;
+}
+
+int64_t oc_ram_reclaim(oc_ram_t *ram, uint64_t max_pages)
+{
+	int64_t n;
+
+	if (!ram)
+		return -EINVAL;
+	_oc_lock();
+	if (ram->gen != _oc_gen) {
+		_oc_unlock();
+		return OC_EFORKED;
+	}
+	n = (int64_t)_oc_ram_reclaim_locked(ram, max_pages, false);
+	ram->st.reclaims += (uint64_t)n;
+	_oc_unlock();
+	return n;
+}
+
+static void note_overbudget(oc_ram_t *ram)
+{
+	ram->st.overbudget++;
+	if (!ram->warned) {
+		ram->warned = true;
+		_oc_msg("outcore: warning: RAM budget of %lu KiB exceeded: only "
+			"dirty pages are left, and they are never dropped; write "
+			"out (commit) or discard to free them (counted in "
+			"oc_ram_stats().overbudget)",
+			(unsigned long)(ram->budget >> 10));
+	}
+}
+
+void _oc_ram_make_room(oc_ram_t *ram)
+{
+	uint64_t limit = ram->budget >> ram->pageshift;
+
+	while (used_units(ram) + 1 > limit) {
+		if (oc_list_empty(&ram->lru_clean)) {
+			note_overbudget(ram);
+			return;
+		}
+		_oc_ram_reclaim_locked(ram, 1, true);
+	}
+}
+
+void *_oc_ram_slot_addr(oc_ram_t *ram, uint64_t slot)
+{
+	uint64_t c = slot / ram->chunk_slots;
+	OC_BUG_ON(c >= ram->nchunks);
+	return ram->chunks[c] + ((slot % ram->chunk_slots) << ram->pageshift);
+}
+
+/* Add a chunk of slots: grow the file and map the new part in the window. */
+static int add_chunk(oc_ram_t *ram)
+{
+	size_t chunk = (size_t)(ram->chunk_slots * ram->pagesize);
+	uint64_t newslots = (ram->nchunks + 1) * ram->chunk_slots;
+	void *addr = NULL;
+	char **chunks;
+	uint8_t *warm;
+	int err;
+
+	chunks = realloc(ram->chunks, (ram->nchunks + 1) * sizeof *chunks);
+	if (!chunks)
+		return -ENOMEM;
+	ram->chunks = chunks;
+	if (newslots > ram->capwarm) {
+		uint64_t cap = newslots * 2;
+		warm = realloc(ram->warm, cap);
+		if (!warm)
+			return -ENOMEM;
+		memset(warm + ram->capwarm, 0, cap - ram->capwarm);
+		ram->warm = warm;
+		ram->capwarm = cap;
+	}
+	if (ftruncate(ram->fd, (off_t)(newslots * ram->pagesize)))
+		return -errno;
+	err = _oc_os_reserve(chunk, chunk >= HUGE_SIZE ? HUGE_SIZE : ram->pagesize,
+			     &addr);
+	if (err)
+		return err;
+	err = _oc_os_map_fixed(addr, chunk, PROT_READ | PROT_WRITE, ram->fd,
+			       ram->nchunks * chunk, false);
+	if (err) {
+		_oc_os_release(addr, chunk);
+		return err;
+	}
+	if (ram->pagesize >= HUGE_SIZE)
+		madvise(addr, chunk, MADV_HUGEPAGE);
+	ram->chunks[ram->nchunks++] = addr;
+	return 0;
+}
+
+int _oc_ram_get_slot(oc_ram_t *ram, uint64_t *slot, bool *warm)
+{
+	uint64_t limit = ram->budget >> ram->pageshift;
+	int err;
+
+	/* At the budget: take the slot of the least recently faulted clean
+	 * page, or drop base-layer blocks until there is room. */
+	while (used_units(ram) + 1 > limit) {
+		struct page *p;
+		if (oc_list_empty(&ram->lru_clean)) {
+			note_overbudget(ram);
+			break;
+		}
+		p = oc_container_of(ram->lru_clean.next, struct page, lru);
+		ram->st.reclaims++;
+		if (p->slot >= 0) {
+			uint64_t s = (uint64_t)_oc_page_drop(p, true);
+			/* A recycled slot will be reused again and again: fill
+			 * its window page tables once so that loads write
+			 * straight into it from now on. */
+			if (!ram->warm[s])
+				_oc_ram_warm_slot(ram, s);
+			*slot = s;
+			*warm = ram->warm[s] != 0;
+			goto got;
+		}
+		_oc_page_drop(p, false);
+	}
+	if (ram->nfree) {
+		*slot = ram->freeslots[--ram->nfree];
+		*warm = ram->warm[*slot] != 0;
+		goto got;
+	}
+	if (ram->nslots == ram->nchunks * ram->chunk_slots) {
+		err = add_chunk(ram);
+		if (err)
+			return err;
+	}
+	*slot = ram->nslots++;
+	*warm = false;
+got:
+	ram->ram_pages++;
+	if (used_units(ram) << ram->pageshift > ram->st.used_max)
+		ram->st.used_max = used_units(ram) << ram->pageshift;
+	return 0;
+}
+
+void _oc_ram_put_slot(oc_ram_t *ram, uint64_t slot)
+{
+	if (ram->nfree == ram->capfree) {
+		uint64_t cap = ram->capfree ? ram->capfree * 2 : 64;
+		uint64_t *f = realloc(ram->freeslots, cap * sizeof *f);
+		if (!f) {
+			/* Cannot remember it: punch it anyway; the slot is
+			 * lost for reuse but its memory is returned. */
+			_oc_os_punch(ram->fd, slot << ram->pageshift, ram->pagesize);
+			return;
+		}
+		ram->freeslots = f;
+		ram->capfree = cap;
+	}
+	_oc_os_punch(ram->fd, slot << ram->pageshift, ram->pagesize);
+	ram->warm[slot] = 0;
+	ram->freeslots[ram->nfree++] = slot;
+}
+
+int _oc_ram_warm_slot(oc_ram_t *ram, uint64_t slot)
+{
+	void *a = _oc_ram_slot_addr(ram, slot);
+
+	if (ram->kind == OC_RAM_HUGETLB) {
+		/* Allocate the huge page now: a failure is an error here,
+		 * not a SIGBUS later. */
+		if (fallocate(ram->fd, 0, (off_t)(slot << ram->pageshift),
+			      (off_t)ram->pagesize))
+			return errno == ENOSPC ? OC_ENOHUGE : -errno;
+	}
+	if (madvise(a, ram->pagesize, MADV_POPULATE_WRITE))
+		return errno == EINVAL ? 0 : -errno; /* old kernel: faults do it */
+	ram->warm[slot] = 1;
+	return 0;
+}
+
+void _oc_ram_forget_in_child(void)
+{
+	struct oc_list *e;
+
+	for (e = _oc_rams.next; e != &_oc_rams; e = e->next) {
+		oc_ram_t *ram = oc_container_of(e, oc_ram_t, link);
+		if (ram->fd >= 0)
+			close(ram->fd);
+		ram->fd = -1;
+	}
+	oc_list_init(&_oc_rams); /* inherited RAMs are forgotten */
+	memset(defaults, 0, sizeof defaults);
+}

@@ -1,0 +1,1230 @@
+/* outcore: out-of-core arrays on a userspace virtual memory manager.
+ * Copyright (C) 2026 the outcore developers.
+ * SPDX-License-Identifier: GPL-3.0-or-later WITH outcore-OSI-exception
+ *
+ * virtmem.c: file handles, mappings, the fault logic, writeout, discard,
+ * invalidate, prefault, and fork handling.
+ *
+ * The fault logic (fault_page) runs with the core lock held and returns
+ * HANDLED, RETRY or an error.  Whenever it has to drop the lock (to run a
+ * file op, or to wait for another thread's load) it returns RETRY, and the
+ * caller looks everything up again, since mappings and pages may have
+ * changed meanwhile.  Each access therefore ends in HANDLED after at most a
+ * few rounds: load (RETRY), map (HANDLED).
+ *
+ * Cost per read fault of an unloaded block on the RAM path: one SIGSEGV,
+ * loadblk into the slot (warm) or into a per-thread bounce buffer followed
+ * by one pwrite into the memory file (cold), and one mmap(MAP_POPULATE) of
+ * the slot at the faulting address: one hardware fault per block.  On the
+ * base-layer path: mapblk and one mmap(MAP_POPULATE) of the file range.
+ */
+#include "internal.h"
+
+#include <errno.h>
+#include <signal.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#define RETRY 1
+#define HANDLED 0
+
+static pthread_mutex_t core_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t core_cond = PTHREAD_COND_INITIALIZER;
+unsigned _oc_gen = 1;
+__thread oc_fileh_t *_oc_in_op;
+oc_lock_hooks_t _oc_hooks;
+
+static uint64_t fault_clock;
+
+/* The mapping registry: every live vma, sorted by start address. */
+static struct oc_vma **reg;
+static size_t nreg, capreg;
+
+/* Address ranges inherited from the parent (in a fork child only). */
+struct range {
+	uintptr_t start, stop;
+};
+static struct range *inherited;
+static size_t ninherited;
+
+/* The bound on our mappings (each costs up to two kernel mappings). */
+static uint64_t nmaps, map_limit;
+
+/* ---- lock -------------------------------------------------------------- */
+
+void _oc_lock(void)
+{
+	void *token;
+
+	if (pthread_mutex_trylock(&core_lock) == 0)
+		return;
+	token = _oc_hooks.release ? _oc_hooks.release() : NULL;
+	pthread_mutex_lock(&core_lock);
+	if (token)
+		_oc_hooks.reacquire(token);
+}
+
+void _oc_unlock(void)
+{
+	pthread_mutex_unlock(&core_lock);
+}
+
+void _oc_wait(void)
+{
+	void *token = _oc_hooks.release ? _oc_hooks.release() : NULL;
+	pthread_cond_wait(&core_cond, &core_lock);
+	if (token) {
+		/* Retake the binding's lock without holding ours, so that a
+		 * thread holding the binding's lock and waiting for ours can
+		 * go on. */
+		pthread_mutex_unlock(&core_lock);
+		_oc_hooks.reacquire(token);
+		_oc_lock();
+	}
+}
+
+void _oc_broadcast(void)
+{
+	pthread_cond_broadcast(&core_cond);
+}
+
+int oc_set_lock_hooks(const oc_lock_hooks_t *hooks)
+{
+	_oc_lock();
+	if (hooks)
+		_oc_hooks = *hooks;
+	else
+		memset(&_oc_hooks, 0, sizeof _oc_hooks);
+	_oc_unlock();
+	return 0;
+}
+
+/* ---- per-thread bounce buffer ----------------------------------------- */
+
+static __thread char *bounce;
+static __thread size_t bounce_len;
+static __thread int bounce_busy;
+static pthread_key_t bounce_key;
+static pthread_once_t bounce_once = PTHREAD_ONCE_INIT;
+
+static void bounce_free(void *p)
+{
+	if (p)
+		munmap(p, bounce_len);
+}
+
+static void bounce_init(void)
+{
+	pthread_key_create(&bounce_key, bounce_free);
+}
+
+static void *anon_buffer(size_t len)
+{
+	void *p = mmap(NULL, len, PROT_READ | PROT_WRITE,
+		       MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
+	if (p == MAP_FAILED)
+		return NULL;
+	/* Non-zero: this VM special-cases zero-filled pages. */
+	memset(p, 0x5a, len);
+	return p;
+}
+
+/* A buffer of len bytes for the current thread; *tmp says it must be
+ * released with put_bounce (it is a nested use). */
+static void *get_bounce(size_t len, bool *tmp)
+{
+	int saved = errno;
+	void *p;
+
+	*tmp = false;
+	if (bounce_busy) {
+		*tmp = true;
+		p = anon_buffer(len);
+		errno = saved;
+		return p;
+	}
+	if (bounce_len < len) {
+		pthread_once(&bounce_once, bounce_init);
+		if (bounce)
+			munmap(bounce, bounce_len);
+		bounce = anon_buffer(len);
+		bounce_len = bounce ? len : 0;
+		pthread_setspecific(bounce_key, bounce);
+	}
+	errno = saved;
+	if (bounce)
+		bounce_busy = 1;
+	return bounce;
+}
+
+static void put_bounce(void *p, size_t len, bool tmp)
+{
+	if (!p)
+		return;
+	if (tmp)
+		munmap(p, len);
+	else
+		bounce_busy = 0;
+}
+
+/* ---- registry ---------------------------------------------------------- */
+
+static struct oc_vma *lookup_locked(uintptr_t addr)
+{
+	size_t lo = 0, hi = nreg;
+
+	while (lo < hi) {
+		size_t mid = (lo + hi) / 2;
+		if (reg[mid]->start <= addr)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	if (lo == 0)
+		return NULL;
+	if (addr < reg[lo - 1]->stop)
+		return reg[lo - 1];
+	return NULL;
+}
+
+static int reg_insert(struct oc_vma *v)
+{
+	size_t i = 0, j;
+
+	if (nreg == capreg) {
+		size_t cap = capreg ? capreg * 2 : 64;
+		struct oc_vma **r = realloc(reg, cap * sizeof *r);
+		if (!r)
+			return -ENOMEM;
+		reg = r;
+		capreg = cap;
+	}
+	while (i < nreg && reg[i]->start < v->start)
+		i++;
+	memmove(reg + i + 1, reg + i, (nreg - i) * sizeof *reg);
+	reg[i] = v;
+	nreg++;
+	/* A fresh range may reuse addresses a parent had: forget those. */
+	for (j = 0; j < ninherited;) {
+		if (inherited[j].start < v->stop && v->start < inherited[j].stop)
+			inherited[j] = inherited[--ninherited];
+		else
+			j++;
+	}
+	return 0;
+}
+
+static void reg_remove(struct oc_vma *v)
+{
+	size_t i;
+
+	for (i = 0; i < nreg; i++)
+		if (reg[i] == v)
+			break;
+	OC_BUG_ON(i == nreg);
+	memmove(reg + i, reg + i + 1, (nreg - i - 1) * sizeof *reg);
+	nreg--;
+}
+
+oc_vma_t *oc_vma_lookup(const void *addr)
+{
+	struct oc_vma *v;
+
+	_oc_lock();
+	v = lookup_locked((uintptr_t)addr);
+	_oc_unlock();
+	return v;
+}
+
+bool _oc_addr_inherited(uintptr_t addr)
+{
+	size_t i;
+
+	for (i = 0; i < ninherited; i++)
+		if (inherited[i].start <= addr && addr < inherited[i].stop)
+			return true;
+	return false;
+}
+
+/* ---- mapping pages ----------------------------------------------------- */
+
+static inline void *page_addr(const struct oc_vma *v, uint64_t blk)
+{
+	return (void *)(v->start + ((blk - v->pgoffset) << v->fh->ram->pageshift));
+}
+
+static void lru_touch(struct page *p)
+{
+	oc_ram_t *ram = p->fh->ram;
+
+	p->stamp = ++fault_clock;
+	if (oc_list_linked(&p->lru))
+		oc_list_del(&p->lru);
+	if (p->state == PAGE_DIRTY) {
+		if (p->nmaps)
+			oc_list_add_tail(&ram->lru_dirty, &p->lru);
+	} else {
+		oc_list_add_tail(&ram->lru_clean, &p->lru);
+	}
+}
+
+static void unmap_rec(struct maprec *r, bool syscall)
+{
+	struct oc_vma *v = r->vma;
+	struct page *p = r->page;
+	struct maprec **pp;
+
+	if (syscall)
+		_oc_os_unmap_to_reserve(page_addr(v, p->blk), v->fh->ram->pagesize);
+	oc_pagemap_del(&v->maps, p->blk - v->pgoffset);
+	for (pp = &p->maps; *pp != r; pp = &(*pp)->next)
+		;
+	*pp = r->next;
+	p->nmaps--;
+	nmaps--;
+	if (p->state == PAGE_DIRTY && p->nmaps == 0 && oc_list_linked(&p->lru))
+		oc_list_del(&p->lru);
+	free(r);
+}
+
+void _oc_page_unmap_all(struct page *p)
+{
+	while (p->maps)
+		unmap_rec(p->maps, true);
+}
+
+int64_t _oc_page_drop(struct page *p, bool keep_slot)
+{
+	oc_fileh_t *fh = p->fh;
+	oc_ram_t *ram = fh->ram;
+	int64_t slot = p->slot;
+
+	OC_BUG_ON(p->busy);
+	_oc_page_unmap_all(p);
+	if (oc_list_linked(&p->lru))
+		oc_list_del(&p->lru);
+	if (p->state == PAGE_DIRTY) {
+		oc_pagemap_del(&fh->dirty, p->blk);
+		ram->dirty_pages--;
+	}
+	if (p->state == PAGE_BASE)
+		ram->base_blocks--;
+	if (oc_pagemap_get(&fh->pages, p->blk) == p)
+		oc_pagemap_del(&fh->pages, p->blk);
+	if (slot >= 0) {
+		ram->ram_pages--;
+		if (!keep_slot)
+			_oc_ram_put_slot(ram, (uint64_t)slot);
+	}
+	free(p);
+	return keep_slot ? slot : -1;
+}
+
+/* Keep our mappings under the kernel's limit: drop the least recently
+ * faulted clean pages, or unmap (never drop) dirty ones. */
+static void bound_maps(void)
+{
+	uint64_t target = map_limit * 3 / 4;
+
+	while (nmaps > target) {
+		struct page *best = NULL;
+		struct oc_list *e;
+		for (e = _oc_rams.next; e != &_oc_rams; e = e->next) {
+			oc_ram_t *ram = oc_container_of(e, oc_ram_t, link);
+			struct page *c = NULL, *d = NULL;
+			if (!oc_list_empty(&ram->lru_clean))
+				c = oc_container_of(ram->lru_clean.next, struct page, lru);
+			if (!oc_list_empty(&ram->lru_dirty))
+				d = oc_container_of(ram->lru_dirty.next, struct page, lru);
+			if (c && (!best || c->stamp < best->stamp))
+				best = c;
+			if (d && (!best || d->stamp < best->stamp))
+				best = d;
+		}
+		if (!best)
+			return;
+		best->fh->ram->st.map_reclaims++;
+		if (best->state == PAGE_DIRTY)
+			_oc_page_unmap_all(best); /* leaves lru_dirty */
+		else
+			_oc_page_drop(best, false);
+	}
+}
+
+/* Map page p (not mapped in v yet) into v with prot. */
+static int map_page(struct oc_vma *v, struct page *p, int prot)
+{
+	oc_ram_t *ram = v->fh->ram;
+	struct maprec *r;
+	int fd, err;
+	uint64_t off;
+
+	if (nmaps >= map_limit)
+		bound_maps();
+	r = malloc(sizeof *r);
+	if (!r)
+		return -ENOMEM;
+	if (p->state == PAGE_BASE) {
+		fd = p->base_fd;
+		off = p->base_off;
+	} else {
+		fd = ram->fd;
+		off = (uint64_t)p->slot << ram->pageshift;
+	}
+	err = oc_pagemap_set(&v->maps, p->blk - v->pgoffset, r);
+	if (err) {
+		free(r);
+		return err;
+	}
+	err = _oc_os_map_fixed(page_addr(v, p->blk), ram->pagesize, prot, fd,
+			       off, true);
+	if (err) {
+		oc_pagemap_del(&v->maps, p->blk - v->pgoffset);
+		free(r);
+		return err == -ENOMEM ? OC_EMAPLIMIT : err;
+	}
+	r->vma = v;
+	r->page = p;
+	r->prot = prot;
+	r->next = p->maps;
+	p->maps = r;
+	p->nmaps++;
+	nmaps++;
+	return 0;
+}
+
+/* Remap an existing mapping with another protection.  A fresh mapping is
+ * cheaper than mprotect here: after mprotect the host refills every page
+ * table entry on the next write (~5 us per 4 KiB page). */
+static int remap_rec(struct maprec *r, int prot)
+{
+	struct page *p = r->page;
+	oc_ram_t *ram = p->fh->ram;
+	int err;
+
+	OC_BUG_ON(p->slot < 0);
+	err = _oc_os_map_fixed(page_addr(r->vma, p->blk), ram->pagesize, prot,
+			       ram->fd, (uint64_t)p->slot << ram->pageshift, true);
+	if (err)
+		return err;
+	r->prot = prot;
+	return 0;
+}
+
+static int make_dirty(struct page *p)
+{
+	oc_fileh_t *fh = p->fh;
+	int err = oc_pagemap_set(&fh->dirty, p->blk, p);
+
+	if (err)
+		return err;
+	p->state = PAGE_DIRTY;
+	p->dirty_gen = fh->writeout_gen;
+	fh->ram->dirty_pages++;
+	return 0;
+}
+
+static void mark_clean(struct page *p)
+{
+	oc_fileh_t *fh = p->fh;
+	struct maprec *r;
+
+	oc_pagemap_del(&fh->dirty, p->blk);
+	fh->ram->dirty_pages--;
+	p->state = PAGE_CLEAN;
+	for (r = p->maps; r; r = r->next) {
+		if (r->prot & PROT_WRITE) {
+			if (_oc_os_protect(page_addr(r->vma, p->blk),
+					   fh->ram->pagesize, PROT_READ) == 0)
+				r->prot = PROT_READ;
+		}
+	}
+	/* Any mapping left writable (mprotect failed) must go: a write
+	 * through it would not be seen. */
+	for (r = p->maps; r;) {
+		struct maprec *next = r->next;
+		if (r->prot & PROT_WRITE)
+			unmap_rec(r, true);
+		r = next;
+	}
+	if (oc_list_linked(&p->lru))
+		oc_list_del(&p->lru);
+	oc_list_add_tail(&fh->ram->lru_clean, &p->lru);
+}
+
+/* ---- loading ----------------------------------------------------------- */
+
+static int normalize(int r)
+{
+	return r > 0 ? -EIO : r;
+}
+
+/* Load block blk of fh (absent from its pages).  Returns RETRY or an
+ * error.  The lock is dropped while the file op runs. */
+static int load_page(oc_fileh_t *fh, uint64_t blk)
+{
+	oc_ram_t *ram = fh->ram;
+	oc_file_t *file = fh->file;
+	struct page *p;
+	uint64_t slot;
+	bool warm, tmp = false;
+	void *buf;
+	int r, fd = -1;
+	uint64_t off = 0;
+
+	p = calloc(1, sizeof *p);
+	if (!p)
+		return -ENOMEM;
+	p->state = PAGE_LOADING;
+	p->fh = fh;
+	p->blk = blk;
+	p->slot = -1;
+	oc_list_init(&p->lru);
+	r = oc_pagemap_set(&fh->pages, blk, p);
+	if (r) {
+		free(p);
+		return r;
+	}
+	fh->nbusy++;
+
+	if (file->ops->mapblk) {
+		_oc_unlock();
+		_oc_in_op = fh;
+		r = file->ops->mapblk(file, blk, &fd, &off);
+		_oc_in_op = NULL;
+		_oc_lock();
+		if (p->state == PAGE_LOADING_INVAL) {
+			r = RETRY;
+			goto drop;
+		}
+		if (r == 0) {
+			_oc_ram_make_room(ram);
+			p->state = PAGE_BASE;
+			p->base_fd = fd;
+			p->base_off = off;
+			ram->base_blocks++;
+			ram->st.base_maps++;
+			if ((ram->ram_pages + ram->base_blocks) << ram->pageshift >
+			    ram->st.used_max)
+				ram->st.used_max = (ram->ram_pages + ram->base_blocks)
+						   << ram->pageshift;
+			lru_touch(p);
+			fh->nbusy--;
+			_oc_broadcast();
+			return RETRY;
+		}
+		if (r != OC_NOMAP) {
+			r = normalize(r);
+			goto drop;
+		}
+	}
+
+	r = _oc_ram_get_slot(ram, &slot, &warm);
+	if (r)
+		goto drop;
+	p->slot = (int64_t)slot;
+	if (!warm && !ram->can_pwrite) {
+		r = _oc_ram_warm_slot(ram, slot);
+		if (r)
+			goto drop;
+		warm = true;
+	}
+	buf = warm ? _oc_ram_slot_addr(ram, slot) : get_bounce(ram->pagesize, &tmp);
+	if (!buf) {
+		r = -ENOMEM;
+		goto drop;
+	}
+	_oc_unlock();
+	_oc_in_op = fh;
+	r = normalize(file->ops->loadblk(file, blk, buf));
+	_oc_in_op = NULL;
+	if (r == 0 && !warm)
+		r = _oc_os_pwrite_all(ram->fd, buf, ram->pagesize,
+				      slot << ram->pageshift);
+	if (!warm)
+		put_bounce(buf, ram->pagesize, tmp);
+	_oc_lock();
+	if (p->state == PAGE_LOADING_INVAL) {
+		r = RETRY;
+		goto drop;
+	}
+	if (r) {
+		ram->st.load_errors++;
+		goto drop;
+	}
+	p->state = PAGE_CLEAN;
+	ram->st.loads++;
+	lru_touch(p);
+	fh->nbusy--;
+	_oc_broadcast();
+	return RETRY;
+
+drop:
+	/* The page was never visible: remove it (an invalidated one is no
+	 * longer in the page map). */
+	fh->nbusy--;
+	if (oc_pagemap_get(&fh->pages, blk) == p)
+		oc_pagemap_del(&fh->pages, blk);
+	if (p->slot >= 0) {
+		ram->ram_pages--;
+		_oc_ram_put_slot(ram, (uint64_t)p->slot);
+	}
+	free(p);
+	_oc_broadcast();
+	return r;
+}
+
+/* Copy-on-write of a base-layer block: give it a RAM slot holding the
+ * same bytes, dirty, and map it writable in v.  Other mappings of the base
+ * block are removed (they fault again and see the RAM page). */
+static int cow_page(struct oc_vma *v, struct page *p, struct maprec *rec)
+{
+	oc_ram_t *ram = v->fh->ram;
+	uint64_t slot;
+	bool warm;
+	const void *src = rec ? page_addr(v, p->blk) : NULL;
+	void *tmpbuf = NULL;
+	int r;
+
+	/* Keep p out of reach of the reclaim get_slot may do. */
+	oc_list_del(&p->lru);
+	r = _oc_ram_get_slot(ram, &slot, &warm);
+	if (r)
+		goto fail;
+	if (!warm && !ram->can_pwrite) {
+		r = _oc_ram_warm_slot(ram, slot);
+		if (r)
+			goto fail_slot;
+		warm = true;
+	}
+	if (!src) {
+		tmpbuf = warm ? _oc_ram_slot_addr(ram, slot) : anon_buffer(ram->pagesize);
+		if (!tmpbuf) {
+			r = -ENOMEM;
+			goto fail_slot;
+		}
+		r = _oc_os_pread_all(p->base_fd, tmpbuf, ram->pagesize, p->base_off);
+		if (r)
+			goto fail_buf;
+		src = tmpbuf;
+	}
+	if (warm) {
+		if (src != _oc_ram_slot_addr(ram, slot))
+			memcpy(_oc_ram_slot_addr(ram, slot), src, ram->pagesize);
+	} else {
+		r = _oc_os_pwrite_all(ram->fd, src, ram->pagesize,
+				      slot << ram->pageshift);
+		if (r)
+			goto fail_buf;
+	}
+	if (tmpbuf && !warm)
+		munmap(tmpbuf, ram->pagesize);
+	_oc_page_unmap_all(p);
+	ram->base_blocks--;
+	p->slot = (int64_t)slot;
+	p->state = PAGE_CLEAN;
+	r = make_dirty(p);
+	if (r) {
+		lru_touch(p);
+		return r;
+	}
+	ram->st.cow_copies++;
+	r = map_page(v, p, PROT_READ | PROT_WRITE);
+	lru_touch(p);
+	return r;
+
+fail_buf:
+	if (tmpbuf && !warm)
+		munmap(tmpbuf, ram->pagesize);
+fail_slot:
+	ram->ram_pages--;
+	_oc_ram_put_slot(ram, slot);
+fail:
+	lru_touch(p);
+	return r;
+}
+
+/* Serve an access at addr in v.  write: 0 known read, 1 known write,
+ * 2 unknown (a fault on a read-only mapping is then a write).  Returns
+ * HANDLED, RETRY, or an error (-EDEADLK for a fault from inside an op of
+ * the same handle). */
+static int fault_page(struct oc_vma *v, uintptr_t addr, int write,
+		      struct oc_fault_info *fi)
+{
+	oc_fileh_t *fh = v->fh;
+	oc_ram_t *ram = fh->ram;
+	uint64_t idx = (addr - v->start) >> ram->pageshift;
+	uint64_t blk = v->pgoffset + idx;
+	struct maprec *rec = oc_pagemap_get(&v->maps, idx);
+	struct page *p = oc_pagemap_get(&fh->pages, blk);
+	int err;
+
+	fi->blk = blk;
+	fi->file = fh->file->name;
+	if (_oc_in_op == fh && (!p || p->state == PAGE_LOADING))
+		return -EDEADLK;
+	if (!p)
+		return load_page(fh, blk);
+	if (p->state == PAGE_LOADING) {
+		_oc_wait();
+		return RETRY;
+	}
+	if (rec) {
+		if (rec->prot & PROT_WRITE)
+			return HANDLED; /* another thread mapped it meanwhile */
+		if (write == 0)
+			return HANDLED;
+		write = 1;
+	} else if (write == 2) {
+		write = 0;
+	}
+
+	ram->st.faults++;
+	if (write) {
+		ram->st.write_faults++;
+		if (p->state == PAGE_BASE)
+			return cow_page(v, p, rec);
+		if (p->state == PAGE_CLEAN) {
+			err = make_dirty(p);
+			if (err)
+				return err;
+		}
+		err = rec ? remap_rec(rec, PROT_READ | PROT_WRITE)
+			  : map_page(v, p, PROT_READ | PROT_WRITE);
+	} else {
+		err = map_page(v, p, p->state == PAGE_DIRTY
+					     ? PROT_READ | PROT_WRITE
+					     : PROT_READ);
+	}
+	lru_touch(p);
+	return err;
+}
+
+int _oc_serve(uintptr_t addr, int write, struct oc_fault_info *fi)
+{
+	struct oc_vma *v;
+	int r;
+
+	_oc_lock();
+	for (;;) {
+		v = lookup_locked(addr);
+		if (!v) {
+			r = 1;
+			break;
+		}
+		r = fault_page(v, addr, write, fi);
+		if (r != RETRY)
+			break;
+	}
+	_oc_unlock();
+	return r;
+}
+
+/* ---- handles ----------------------------------------------------------- */
+
+static pthread_once_t init_once = PTHREAD_ONCE_INIT;
+static void fork_prepare(void);
+static void fork_parent(void);
+static void fork_child(void);
+
+static void core_init(void)
+{
+	long m = _oc_os_max_map_count();
+	map_limit = m / 2 > 4096 ? (uint64_t)(m / 2 - 2048) : 1024;
+	pthread_atfork(fork_prepare, fork_parent, fork_child);
+}
+
+int oc_fileh_open(oc_fileh_t **out, oc_file_t *file, oc_ram_t *ram)
+{
+	oc_fileh_t *fh;
+	int err;
+
+	if (!out || !file || !file->ops)
+		return -EINVAL;
+	pthread_once(&init_once, core_init);
+	err = oc_pagefault_install();
+	if (err)
+		return err;
+	if (!ram) {
+		err = oc_ram_default(file->blksize, &ram);
+		if (err)
+			return err;
+	}
+	if (ram->gen != _oc_gen)
+		return OC_EFORKED;
+	if (file->blksize != ram->pagesize)
+		return OC_EBLKSIZE;
+	fh = calloc(1, sizeof *fh);
+	if (!fh)
+		return -ENOMEM;
+	oc_pagemap_init(&fh->pages);
+	oc_pagemap_init(&fh->dirty);
+	oc_list_init(&fh->vmas);
+	fh->file = file;
+	fh->ram = ram;
+	fh->gen = _oc_gen;
+	fh->writeout_gen = 1;
+	oc_file_get(file);
+	_oc_lock();
+	ram->nfileh++;
+	_oc_unlock();
+	*out = fh;
+	return 0;
+}
+
+int oc_fileh_close(oc_fileh_t *fh)
+{
+	uint64_t k;
+	struct page *p;
+	oc_file_t *file;
+
+	if (!fh)
+		return 0;
+	_oc_lock();
+	if (fh->gen != _oc_gen) {
+		_oc_unlock();
+		return 0; /* inherited across fork: forget it */
+	}
+	if (fh->nvmas || fh->writeout || fh->nbusy) {
+		_oc_unlock();
+		return -EBUSY;
+	}
+	for (k = 0; (p = oc_pagemap_next(&fh->pages, &k)); k++) {
+		_oc_page_drop(p, false);
+		if (k == UINT64_MAX)
+			break;
+	}
+	oc_pagemap_clear(&fh->pages);
+	oc_pagemap_clear(&fh->dirty);
+	_oc_ram_unref(fh->ram);
+	file = fh->file;
+	_oc_unlock();
+	free(fh);
+	oc_file_put(file);
+	return 0;
+}
+
+oc_file_t *oc_fileh_file(const oc_fileh_t *fh)
+{
+	return fh->file;
+}
+
+oc_ram_t *oc_fileh_ram(const oc_fileh_t *fh)
+{
+	return fh->ram;
+}
+
+/* ---- mappings ---------------------------------------------------------- */
+
+int oc_fileh_mmap(oc_fileh_t *fh, uint64_t pgoffset, uint64_t pglen,
+		  oc_vma_t **out)
+{
+	struct oc_vma *v;
+	unsigned shift;
+	size_t len, align;
+	void *addr;
+	int err;
+
+	if (!fh || !out || pglen == 0)
+		return -EINVAL;
+	if (fh->gen != _oc_gen)
+		return OC_EFORKED;
+	shift = fh->ram->pageshift;
+	if (pgoffset + pglen < pgoffset ||
+	    pgoffset + pglen > ((uint64_t)1 << 63) >> shift)
+		return -EINVAL;
+	if (pglen > (SIZE_MAX >> shift) / 2)
+		return -ENOMEM;
+	len = (size_t)pglen << shift;
+	align = fh->ram->pagesize;
+	if (len >= ((size_t)2 << 20) && align < ((size_t)2 << 20))
+		align = (size_t)2 << 20;
+	err = _oc_os_reserve(len, align, &addr);
+	if (err)
+		return err;
+	v = calloc(1, sizeof *v);
+	if (!v) {
+		_oc_os_release(addr, len);
+		return -ENOMEM;
+	}
+	v->start = (uintptr_t)addr;
+	v->stop = v->start + len;
+	v->pgoffset = pgoffset;
+	v->pglen = pglen;
+	v->fh = fh;
+	v->gen = fh->gen;
+	v->reserved_addr = addr;
+	v->reserved_len = len;
+	oc_pagemap_init(&v->maps);
+	_oc_lock();
+	err = reg_insert(v);
+	if (!err) {
+		oc_list_add_tail(&fh->vmas, &v->fh_link);
+		fh->nvmas++;
+	}
+	_oc_unlock();
+	if (err) {
+		_oc_os_release(addr, len);
+		free(v);
+		return err;
+	}
+	*out = v;
+	return 0;
+}
+
+int oc_vma_unmap(oc_vma_t *v)
+{
+	struct maprec *r;
+	uint64_t k;
+
+	if (!v)
+		return 0;
+	_oc_lock();
+	if (v->gen != _oc_gen) {
+		_oc_unlock();
+		return 0; /* inherited across fork: forget it */
+	}
+	reg_remove(v);
+	for (k = 0; (r = oc_pagemap_next(&v->maps, &k)); k++) {
+		struct page *p = r->page;
+		unmap_rec(r, false);
+		/* A base block shown nowhere costs nothing to reload. */
+		if (p->state == PAGE_BASE && p->nmaps == 0)
+			_oc_page_drop(p, false);
+		if (k == UINT64_MAX)
+			break;
+	}
+	oc_pagemap_clear(&v->maps);
+	oc_list_del(&v->fh_link);
+	v->fh->nvmas--;
+	_oc_unlock();
+	_oc_os_release(v->reserved_addr, v->reserved_len);
+	free(v);
+	return 0;
+}
+
+void *oc_vma_addr(const oc_vma_t *v)
+{
+	return (void *)v->start;
+}
+
+size_t oc_vma_len(const oc_vma_t *v)
+{
+	return v->stop - v->start;
+}
+
+uint64_t oc_vma_pgoffset(const oc_vma_t *v)
+{
+	return v->pgoffset;
+}
+
+oc_fileh_t *oc_vma_fileh(const oc_vma_t *v)
+{
+	return v->fh;
+}
+
+void oc_vma_set_user(oc_vma_t *v, void *user)
+{
+	v->user = user;
+}
+
+void *oc_vma_user(const oc_vma_t *v)
+{
+	return v->user;
+}
+
+/* ---- writeout, discard, invalidate ------------------------------------- */
+
+int oc_fileh_writeout(oc_fileh_t *fh, int flags)
+{
+	oc_file_t *file;
+	oc_ram_t *ram;
+	struct page *p;
+	uint64_t k, store_gen;
+	int err = 0;
+
+	if (!fh || !flags || (flags & ~(OC_WRITEOUT_STORE | OC_WRITEOUT_MARKSTORED)))
+		return -EINVAL;
+	file = fh->file;
+	ram = fh->ram;
+	_oc_lock();
+	if (fh->gen != _oc_gen) {
+		err = OC_EFORKED;
+		goto out;
+	}
+	if (fh->writeout) {
+		err = -EBUSY;
+		goto out;
+	}
+	if ((flags & OC_WRITEOUT_STORE) && !file->ops->storeblk) {
+		err = -EROFS;
+		goto out;
+	}
+	/* Pages dirtied from here on carry a later generation: they are
+	 * neither stored nor marked by this writeout. */
+	store_gen = fh->writeout_gen;
+	if (flags & OC_WRITEOUT_STORE) {
+		fh->store_gen = store_gen;
+		fh->store_pending = true;
+	} else if (fh->store_pending) {
+		store_gen = fh->store_gen;
+	}
+	fh->writeout_gen++;
+	fh->writeout = true;
+
+	for (k = 0; (p = oc_pagemap_next(&fh->dirty, &k)); k++) {
+		if (p->dirty_gen > store_gen)
+			goto next;
+		if (flags & OC_WRITEOUT_STORE) {
+			bool warm = ram->warm[p->slot] != 0, tmp = false;
+			void *buf = warm ? _oc_ram_slot_addr(ram, (uint64_t)p->slot)
+					 : get_bounce(ram->pagesize, &tmp);
+			uint64_t slot = (uint64_t)p->slot;
+			if (!buf) {
+				err = -ENOMEM;
+				break;
+			}
+			p->busy++;
+			_oc_unlock();
+			if (!warm)
+				err = _oc_os_pread_all(ram->fd, buf, ram->pagesize,
+						       slot << ram->pageshift);
+			if (!err) {
+				_oc_in_op = fh;
+				err = normalize(file->ops->storeblk(file, p->blk, buf));
+				_oc_in_op = NULL;
+			}
+			if (!warm)
+				put_bounce(buf, ram->pagesize, tmp);
+			_oc_lock();
+			p->busy--;
+			if (err) {
+				ram->st.store_errors++;
+				break;
+			}
+			ram->st.stores++;
+		}
+		if (flags & OC_WRITEOUT_MARKSTORED)
+			mark_clean(p);
+next:
+		if (k == UINT64_MAX)
+			break;
+	}
+	if (!err && (flags & OC_WRITEOUT_MARKSTORED))
+		fh->store_pending = false;
+	fh->writeout = false;
+out:
+	_oc_unlock();
+	return err;
+}
+
+int oc_fileh_discard(oc_fileh_t *fh)
+{
+	struct page *p;
+	uint64_t k;
+	int err = 0;
+
+	if (!fh)
+		return -EINVAL;
+	_oc_lock();
+	if (fh->gen != _oc_gen) {
+		err = OC_EFORKED;
+		goto out;
+	}
+	if (fh->writeout) {
+		err = -EBUSY;
+		goto out;
+	}
+	for (k = 0; (p = oc_pagemap_next(&fh->dirty, &k)); k++) {
+		_oc_page_drop(p, false);
+		if (k == UINT64_MAX)
+			break;
+	}
+	fh->store_pending = false;
+out:
+	_oc_unlock();
+	return err;
+}
+
+int oc_fileh_invalidate(oc_fileh_t *fh, uint64_t blk)
+{
+	struct page *p;
+	int err = 0;
+
+	if (!fh)
+		return -EINVAL;
+	_oc_lock();
+	if (fh->gen != _oc_gen) {
+		err = OC_EFORKED;
+		goto out;
+	}
+	if (fh->writeout) {
+		err = -EBUSY;
+		goto out;
+	}
+	p = oc_pagemap_get(&fh->pages, blk);
+	if (!p)
+		goto out;
+	if (p->state == PAGE_LOADING) {
+		/* The loader throws its result away and the faulting access
+		 * retries with a fresh load. */
+		p->state = PAGE_LOADING_INVAL;
+		oc_pagemap_del(&fh->pages, blk);
+		goto out;
+	}
+	_oc_page_drop(p, false);
+out:
+	_oc_unlock();
+	return err;
+}
+
+int oc_fileh_isdirty(oc_fileh_t *fh)
+{
+	int d;
+
+	_oc_lock();
+	d = fh->dirty.count != 0;
+	_oc_unlock();
+	return d;
+}
+
+int64_t oc_fileh_dirty_blocks(oc_fileh_t *fh, uint64_t *blks, uint64_t max)
+{
+	uint64_t k, n = 0;
+	struct page *p;
+
+	if (!fh || (max && !blks))
+		return -EINVAL;
+	_oc_lock();
+	for (k = 0; (p = oc_pagemap_next(&fh->dirty, &k)); k++) {
+		if (n < max)
+			blks[n] = k;
+		n++;
+		if (k == UINT64_MAX)
+			break;
+	}
+	_oc_unlock();
+	return (int64_t)n;
+}
+
+/* ---- explicit loading ------------------------------------------------- */
+
+int oc_fileh_load(oc_fileh_t *fh, uint64_t blk, uint64_t n)
+{
+	uint64_t b;
+	int r = 0;
+
+	if (!fh || blk + n < blk)
+		return -EINVAL;
+	if (fh->gen != _oc_gen)
+		return OC_EFORKED;
+	_oc_lock();
+	for (b = blk; b < blk + n; b++) {
+		for (;;) {
+			struct page *p = oc_pagemap_get(&fh->pages, b);
+			if (!p) {
+				if (_oc_in_op == fh) {
+					r = -EDEADLK;
+					goto out;
+				}
+				r = load_page(fh, b);
+				if (r == RETRY)
+					continue;
+				goto out;
+			}
+			if (p->state == PAGE_LOADING) {
+				if (_oc_in_op == fh) {
+					r = -EDEADLK;
+					goto out;
+				}
+				_oc_wait();
+				continue;
+			}
+			lru_touch(p);
+			break;
+		}
+	}
+	r = 0;
+out:
+	_oc_unlock();
+	return r;
+}
+
+int oc_prefault(void *addr, size_t len, int flags)
+{
+	uintptr_t a = (uintptr_t)addr, end = a + len;
+	struct oc_fault_info fi;
+	int r;
+
+	if (flags & ~OC_PREFAULT_WRITE)
+		return -EINVAL;
+	if (end < a)
+		return -EINVAL;
+	while (a < end) {
+		struct oc_vma *v = oc_vma_lookup((void *)a);
+		uintptr_t ps, next;
+		if (!v) {
+			a = (a | 4095) + 1;
+			continue;
+		}
+		if (v->gen != _oc_gen)
+			return OC_EFORKED;
+		ps = v->fh->ram->pagesize;
+		next = (a & ~(ps - 1)) + ps;
+		r = _oc_serve(a, (flags & OC_PREFAULT_WRITE) ? 1 : 0, &fi);
+		if (r < 0)
+			return r;
+		/* A known read on a page already mapped is done. */
+		a = next;
+	}
+	return 0;
+}
+
+/* ---- fork -------------------------------------------------------------- */
+
+static void fork_prepare(void)
+{
+	struct oc_list *e;
+	size_t i;
+
+	_oc_lock();
+	/* Keep managed memory out of the child: it must never write into
+	 * our RAM pages through inherited shared mappings. */
+	for (i = 0; i < nreg; i++)
+		madvise(reg[i]->reserved_addr, reg[i]->reserved_len, MADV_DONTFORK);
+	for (e = _oc_rams.next; e != &_oc_rams; e = e->next) {
+		oc_ram_t *ram = oc_container_of(e, oc_ram_t, link);
+		uint64_t c;
+		for (c = 0; c < ram->nchunks; c++)
+			madvise(ram->chunks[c], ram->chunk_slots * ram->pagesize,
+				MADV_DONTFORK);
+	}
+}
+
+static void fork_parent(void)
+{
+	_oc_unlock();
+}
+
+static void fork_child(void)
+{
+	size_t i;
+
+	_oc_gen++;
+	/* Remember the inherited ranges (for a clear message when the child
+	 * touches one) and forget the mappings. */
+	free(inherited);
+	inherited = nreg ? malloc(nreg * sizeof *inherited) : NULL;
+	ninherited = 0;
+	for (i = 0; inherited && i < nreg; i++) {
+		inherited[i].start = reg[i]->start;
+		inherited[i].stop = reg[i]->stop;
+		ninherited++;
+	}
+	nreg = 0;
+	nmaps = 0;
+	_oc_ram_forget_in_child();
+	pthread_mutex_init(&core_lock, NULL);
+	pthread_cond_init(&core_cond, NULL);
+}
