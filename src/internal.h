@@ -125,6 +125,7 @@ struct oc_ram {
 	unsigned gen;
 	uint64_t budget;
 	bool can_pwrite; /* the memory file supports pwrite/pread */
+	bool use_window; /* map the file in a window (hugetlb: no pwrite) */
 
 	/* slots: the file is cut in pagesize slots */
 	uint64_t nslots;      /* slots the file holds (its size / pagesize) */
@@ -133,7 +134,7 @@ struct oc_ram {
 	uint8_t *warm;        /* per slot: its window page tables are filled */
 	uint64_t capwarm;
 
-	/* window: the file mapped read-write in chunks */
+	/* window: the file mapped read-write in chunks (NULL: not mapped) */
 	char **chunks;
 	uint64_t nchunks;
 	uint64_t chunk_slots; /* slots per chunk */

@@ -11,15 +11,16 @@
  * slot of the least recently faulted clean page directly, without punching
  * it, so its memory is reused at once.
  *
- * The window maps the whole file read-write, in chunks, at addresses of
- * our own.  A slot is "warm" when its window page tables are filled: then
- * loadblk can write into it and storeblk read from it at memcpy speed.  A
- * cold slot is filled with pwrite (and read with pread) instead: on these
- * machines every newly touched 4 KiB page table entry costs ~1.3 us, so
- * touching a cold slot through the window would cost more than a copy.
- * Slots become warm when they are recycled under the budget (the steady
- * state of a scan bigger than the budget); hugetlb memory has no pwrite
- * and is always used through the window (its huge pages cost one entry).
+ * Getting data in and out.  memfd and tmpfs memory is filled with pwrite
+ * from a per-thread buffer that loadblk wrote into, and read with pread
+ * for storeblk: the kernel copies into and out of the page cache without
+ * any user page-table entry.  On these machines every newly touched 4 KiB
+ * entry costs ~1.3 us (more than copying the page), and a page mapped both
+ * in a window and in a mapping counts twice in the process's RSS, so the
+ * memory is mapped only where the user sees it.  hugetlb memory has no
+ * pwrite: it is mapped read-write, in chunks, in a window of our own; a
+ * slot is "warm" once its window entry is filled (one entry per huge page),
+ * and loadblk then writes straight into it.
  */
 #include "internal.h"
 
@@ -153,6 +154,7 @@ int oc_ram_new(oc_ram_t **out, const oc_ram_opts_t *opts)
 	if (ram->budget < ps)
 		ram->budget = ps;
 	ram->can_pwrite = o.kind != OC_RAM_HUGETLB;
+	ram->use_window = !ram->can_pwrite;
 	ram->chunk_slots = CHUNK_BYTES > ps ? CHUNK_BYTES / ps : 1;
 	oc_list_init(&ram->lru_clean);
 	oc_list_init(&ram->lru_dirty);
@@ -177,7 +179,8 @@ static void ram_free(oc_ram_t *ram)
 
 	oc_list_del(&ram->link);
 	for (c = 0; c < ram->nchunks; c++)
-		_oc_os_release(ram->chunks[c], chunk);
+		if (ram->chunks[c])
+			_oc_os_release(ram->chunks[c], chunk);
 	close(ram->fd);
 	free(ram->chunks);
 	free(ram->freeslots);
@@ -362,7 +365,7 @@ void _oc_ram_make_room(oc_ram_t *ram)
 void *_oc_ram_slot_addr(oc_ram_t *ram, uint64_t slot)
 {
 	uint64_t c = slot / ram->chunk_slots;
-	OC_BUG_ON(c >= ram->nchunks);
+	OC_BUG_ON(c >= ram->nchunks || !ram->chunks[c]);
 	return ram->chunks[c] + ((slot % ram->chunk_slots) << ram->pageshift);
 }
 
@@ -391,6 +394,10 @@ static int add_chunk(oc_ram_t *ram)
 	}
 	if (ftruncate(ram->fd, (off_t)(newslots * ram->pagesize)))
 		return -errno;
+	if (!ram->use_window) {
+		ram->chunks[ram->nchunks++] = NULL;
+		return 0;
+	}
 	err = _oc_os_reserve(chunk, chunk >= HUGE_SIZE ? HUGE_SIZE : ram->pagesize,
 			     &addr);
 	if (err)
@@ -410,10 +417,12 @@ static int add_chunk(oc_ram_t *ram)
 int _oc_ram_get_slot(oc_ram_t *ram, uint64_t *slot, bool *warm)
 {
 	uint64_t limit = ram->budget >> ram->pageshift;
+	int64_t reuse = -1;
 	int err;
 
-	/* At the budget: take the slot of the least recently faulted clean
-	 * page, or drop base-layer blocks until there is room. */
+	/* At the budget: reclaim the least recently faulted clean pages and
+	 * base blocks until the new page fits, and take the slot of the
+	 * first reclaimed page at once (no punch, no new allocation). */
 	while (used_units(ram) + 1 > limit) {
 		struct page *p;
 		if (oc_list_empty(&ram->lru_clean)) {
@@ -422,18 +431,20 @@ int _oc_ram_get_slot(oc_ram_t *ram, uint64_t *slot, bool *warm)
 		}
 		p = oc_container_of(ram->lru_clean.next, struct page, lru);
 		ram->st.reclaims++;
-		if (p->slot >= 0) {
-			uint64_t s = (uint64_t)_oc_page_drop(p, true);
-			/* A recycled slot will be reused again and again: fill
-			 * its window page tables once so that loads write
-			 * straight into it from now on. */
-			if (!ram->warm[s])
-				_oc_ram_warm_slot(ram, s);
-			*slot = s;
-			*warm = ram->warm[s] != 0;
-			goto got;
-		}
-		_oc_page_drop(p, false);
+		if (p->slot >= 0 && reuse < 0)
+			reuse = _oc_page_drop(p, true);
+		else
+			_oc_page_drop(p, false);
+	}
+	if (reuse >= 0) {
+		*slot = (uint64_t)reuse;
+		/* A recycled slot will be reused again and again: with a
+		 * window, fill its page tables once so that loads write
+		 * straight into it from now on. */
+		if (ram->use_window && !ram->warm[*slot])
+			_oc_ram_warm_slot(ram, *slot);
+		*warm = ram->warm[*slot] != 0;
+		goto got;
 	}
 	if (ram->nfree) {
 		*slot = ram->freeslots[--ram->nfree];

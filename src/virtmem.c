@@ -89,9 +89,15 @@ void _oc_broadcast(void)
 	pthread_cond_broadcast(&core_cond);
 }
 
+static int nfileh_open; /* handles open in this process */
+
 int oc_set_lock_hooks(const oc_lock_hooks_t *hooks)
 {
 	_oc_lock();
+	if (nfileh_open) {
+		_oc_unlock();
+		return -EBUSY;
+	}
 	if (hooks)
 		_oc_hooks = *hooks;
 	else
@@ -768,6 +774,7 @@ int oc_fileh_open(oc_fileh_t **out, oc_file_t *file, oc_ram_t *ram)
 	oc_file_get(file);
 	_oc_lock();
 	ram->nfileh++;
+	nfileh_open++;
 	_oc_unlock();
 	*out = fh;
 	return 0;
@@ -798,6 +805,7 @@ int oc_fileh_close(oc_fileh_t *fh)
 	oc_pagemap_clear(&fh->pages);
 	oc_pagemap_clear(&fh->dirty);
 	_oc_ram_unref(fh->ram);
+	nfileh_open--;
 	file = fh->file;
 	_oc_unlock();
 	free(fh);
@@ -1162,8 +1170,15 @@ int oc_prefault(void *addr, size_t len, int flags)
 	if (end < a)
 		return -EINVAL;
 	while (a < end) {
-		struct oc_vma *v = oc_vma_lookup((void *)a);
+		struct oc_vma *v;
 		uintptr_t ps, next;
+		bool inh;
+		_oc_lock();
+		v = lookup_locked(a);
+		inh = !v && _oc_addr_inherited(a);
+		_oc_unlock();
+		if (inh)
+			return OC_EFORKED;
 		if (!v) {
 			a = (a | 4095) + 1;
 			continue;
@@ -1197,8 +1212,10 @@ static void fork_prepare(void)
 		oc_ram_t *ram = oc_container_of(e, oc_ram_t, link);
 		uint64_t c;
 		for (c = 0; c < ram->nchunks; c++)
-			madvise(ram->chunks[c], ram->chunk_slots * ram->pagesize,
-				MADV_DONTFORK);
+			if (ram->chunks[c])
+				madvise(ram->chunks[c],
+					ram->chunk_slots * ram->pagesize,
+					MADV_DONTFORK);
 	}
 }
 
@@ -1224,6 +1241,7 @@ static void fork_child(void)
 	}
 	nreg = 0;
 	nmaps = 0;
+	nfileh_open = 0;
 	_oc_ram_forget_in_child();
 	pthread_mutex_init(&core_lock, NULL);
 	pthread_cond_init(&core_cond, NULL);

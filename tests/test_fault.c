@@ -1,0 +1,610 @@
+/* outcore: out-of-core arrays on a userspace virtual memory manager.
+ * Copyright (C) 2026 the outcore developers.
+ * SPDX-License-Identifier: GPL-3.0-or-later WITH outcore-OSI-exception
+ *
+ * test_fault: faults the handler must not serve, and faults it cannot
+ * serve.  Each case runs in a forked child (core dumps off, an alarm
+ * against hangs, stderr captured through a pipe) and the parent checks how
+ * it ended:
+ *   - a fault outside managed memory still kills with SIGSEGV, and goes to
+ *     the handler installed before outcore's when there is one;
+ *   - a loadblk that always fails: SIGBUS, with the file and block named;
+ *     one that fails twice then succeeds: the access succeeds;
+ *   - a loadblk touching an unloaded page of its own handle: stopped with a
+ *     message, not hung;
+ *   - fork(): the child cannot touch the parent's pages (SIGSEGV with a
+ *     message), inherited objects answer OC_EFORKED, the child can open
+ *     what it needs anew, and the parent's data is untouched.
+ */
+#include <errno.h>
+#include <signal.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/resource.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <outcore/outcore.h>
+
+#include "check.h"
+#include "testfile.h"
+
+#define PS ((size_t)4096)
+
+struct child {
+	int status;
+	char err[16384]; /* the child's stderr */
+};
+
+/* Run fn(arg) in a child; it exits 0 unless fn exits otherwise. */
+static void run_child(void (*fn)(void *), void *arg, struct child *c)
+{
+	int pe[2];
+	size_t n = 0;
+	ssize_t r;
+	pid_t pid;
+
+	memset(c, 0, sizeof(*c));
+	if (pipe(pe)) {
+		c->status = -1;
+		return;
+	}
+	fflush(stdout);
+	fflush(stderr);
+	pid = fork();
+	if (pid == 0) {
+		struct rlimit rl = {0, 0};
+		setrlimit(RLIMIT_CORE, &rl);
+		dup2(pe[1], 2);
+		close(pe[0]);
+		close(pe[1]);
+		alarm(10);
+		fn(arg);
+		_exit(0);
+	}
+	close(pe[1]);
+	while (n < sizeof(c->err) - 1 &&
+	       (r = read(pe[0], c->err + n, sizeof(c->err) - 1 - n)) != 0) {
+		if (r < 0) {
+			if (errno == EINTR)
+				continue;
+			break;
+		}
+		n += (size_t)r;
+	}
+	c->err[n] = 0;
+	close(pe[0]);
+	if (pid < 0 || waitpid(pid, &c->status, 0) != pid)
+		c->status = -1;
+}
+
+static const char *how(const struct child *c)
+{
+	static char buf[64];
+	if (WIFSIGNALED(c->status))
+		snprintf(buf, sizeof(buf), "killed by signal %d (%s)",
+			 WTERMSIG(c->status), strsignal(WTERMSIG(c->status)));
+	else if (WIFEXITED(c->status))
+		snprintf(buf, sizeof(buf), "exited %d", WEXITSTATUS(c->status));
+	else
+		snprintf(buf, sizeof(buf), "status %#x", c->status);
+	return buf;
+}
+
+static int died_of(const struct child *c, int sig)
+{
+	return WIFSIGNALED(c->status) && WTERMSIG(c->status) == sig;
+}
+
+static int exited(const struct child *c, int code)
+{
+	return WIFEXITED(c->status) && WEXITSTATUS(c->status) == code;
+}
+
+/* Print the child's stderr as comments. */
+static void show_err(const struct child *c)
+{
+	const char *p = c->err;
+	int lines = 0;
+	while (*p && lines < 12) {
+		const char *e = strchr(p, '\n');
+		int len = e ? (int)(e - p) : (int)strlen(p);
+		printf("#   stderr: %.*s\n", len, p);
+		lines++;
+		p += len + (e ? 1 : 0);
+	}
+}
+
+/* Invalid addresses, through volatile pointers so that the compiler
+ * neither warns nor assumes anything about the access. */
+static volatile int *volatile null_ptr = (volatile int *)16;
+static volatile int *volatile wild_ptr = (volatile int *)(uintptr_t)0xdead0000ul;
+
+/* ---- in a child: a handle with a mapping ---------------------------- */
+
+static tfile_t ctf;
+static oc_ram_t *cram;
+static oc_fileh_t *cfh;
+static oc_vma_t *cvma;
+static char *cbase;
+
+static void child_open(const char *name)
+{
+	int r;
+	cram = tf_ram(PS, 64 * PS, &r);
+	if (!cram)
+		_exit(90);
+	if (tfile_init(&ctf, PS, name))
+		_exit(91);
+	if (oc_fileh_open(&cfh, &ctf.file, cram))
+		_exit(92);
+	if (oc_fileh_mmap(cfh, 0, 16, &cvma))
+		_exit(93);
+	cbase = oc_vma_addr(cvma);
+}
+
+/* ---- faults outside managed memory ---------------------------------- */
+
+static void c_null_read(void *arg)
+{
+	(void)arg;
+	child_open("tnull");
+	(void)*tf_at(cbase, PS, 0, 0); /* a served fault first */
+	(void)*null_ptr;
+	_exit(0);
+}
+
+static void c_null_write(void *arg)
+{
+	(void)arg;
+	child_open("tnull");
+	*null_ptr = 1;
+	_exit(0);
+}
+
+static void c_wild(void *arg)
+{
+	(void)arg;
+	child_open("twild");
+	*wild_ptr = 1;
+	_exit(0);
+}
+
+static void c_own_protnone(void *arg)
+{
+	char *p;
+	(void)arg;
+	child_open("tprot");
+	p = mmap(NULL, PS, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (p == MAP_FAILED)
+		_exit(94);
+	(void)*(volatile char *)p; /* SEGV_ACCERR, but not ours */
+	_exit(0);
+}
+
+static void c_raise(void *arg)
+{
+	(void)arg;
+	child_open("traise");
+	kill(getpid(), SIGSEGV);
+	_exit(0);
+}
+
+static void c_unmapped(void *arg)
+{
+	char *old;
+	(void)arg;
+	child_open("tunmap");
+	old = cbase;
+	oc_vma_unmap(cvma);
+	(void)*(volatile char *)(old + PS); /* no longer managed */
+	_exit(0);
+}
+
+static int null_load_hook(tfile_t *tf, uint64_t blk, void *buf)
+{
+	(void)tf, (void)blk, (void)buf;
+	return *null_ptr;
+}
+
+static void c_crash_in_loadblk(void *arg)
+{
+	(void)arg;
+	child_open("tcrashload");
+	ctf.load_hook = null_load_hook;
+	(void)*tf_at(cbase, PS, 1, 0);
+	_exit(0);
+}
+
+static int null_store_hook(tfile_t *tf, uint64_t blk, const void *buf)
+{
+	(void)tf, (void)blk, (void)buf;
+	return *null_ptr;
+}
+
+static void c_crash_in_storeblk(void *arg)
+{
+	(void)arg;
+	child_open("tcrashstore");
+	ctf.store_hook = null_store_hook;
+	*tf_at(cbase, PS, 1, 0) = 1;
+	oc_fileh_writeout(cfh, OC_WRITEOUT_STORE);
+	_exit(0);
+}
+
+static void *expected_addr;
+
+static void old_siginfo_handler(int sig, siginfo_t *si, void *uc)
+{
+	(void)uc;
+	_exit(sig == SIGSEGV && si->si_addr == expected_addr ? 42 : 41);
+}
+
+static void old_plain_handler(int sig)
+{
+	_exit(sig == SIGSEGV ? 43 : 44);
+}
+
+static void c_old_siginfo(void *arg)
+{
+	struct sigaction sa;
+	(void)arg;
+	memset(&sa, 0, sizeof(sa));
+	sa.sa_sigaction = old_siginfo_handler;
+	sa.sa_flags = SA_SIGINFO;
+	sigaction(SIGSEGV, &sa, NULL);
+	child_open("told");
+	(void)*tf_at(cbase, PS, 0, 0); /* served by outcore */
+	expected_addr = (void *)null_ptr;
+	*null_ptr = 1;
+	_exit(0);
+}
+
+static void c_old_plain(void *arg)
+{
+	struct sigaction sa;
+	(void)arg;
+	memset(&sa, 0, sizeof(sa));
+	sa.sa_handler = old_plain_handler;
+	sigaction(SIGSEGV, &sa, NULL);
+	child_open("told");
+	(void)*tf_at(cbase, PS, 0, 0);
+	*null_ptr = 1;
+	_exit(0);
+}
+
+static void test_outside(void)
+{
+	struct child c;
+
+	printf("# faults outside managed memory\n");
+	run_child(c_null_read, NULL, &c);
+	CHECK(died_of(&c, SIGSEGV), "NULL read: SIGSEGV (%s)", how(&c));
+	run_child(c_null_write, NULL, &c);
+	CHECK(died_of(&c, SIGSEGV), "NULL write: SIGSEGV (%s)", how(&c));
+	run_child(c_wild, NULL, &c);
+	CHECK(died_of(&c, SIGSEGV), "wild pointer: SIGSEGV (%s)", how(&c));
+	run_child(c_own_protnone, NULL, &c);
+	CHECK(died_of(&c, SIGSEGV), "PROT_NONE page of the program: SIGSEGV (%s)",
+	      how(&c));
+	run_child(c_raise, NULL, &c);
+	CHECK(died_of(&c, SIGSEGV), "kill(SIGSEGV): SIGSEGV (%s)", how(&c));
+	run_child(c_unmapped, NULL, &c);
+	CHECK(died_of(&c, SIGSEGV), "access to an unmapped mapping: SIGSEGV (%s)",
+	      how(&c));
+	run_child(c_crash_in_loadblk, NULL, &c);
+	CHECK(died_of(&c, SIGSEGV), "NULL access inside loadblk: SIGSEGV (%s)",
+	      how(&c));
+	run_child(c_crash_in_storeblk, NULL, &c);
+	CHECK(died_of(&c, SIGSEGV), "NULL access inside storeblk: SIGSEGV (%s)",
+	      how(&c));
+	run_child(c_old_siginfo, NULL, &c);
+	CHECK(exited(&c, 42), "previous SA_SIGINFO handler called with the "
+	      "fault's address (%s)", how(&c));
+	run_child(c_old_plain, NULL, &c);
+	CHECK(exited(&c, 43), "previous plain handler called (%s)", how(&c));
+}
+
+/* ---- loadblk errors inside a fault ---------------------------------- */
+
+static void fatal_hook(const char *msg)
+{
+	char buf[512];
+	int n = snprintf(buf, sizeof(buf), "HOOK calls=%llu msg=%s\n",
+			 (unsigned long long)TF_GET(&ctf.nload_calls),
+			 msg ? msg : "(null)");
+	if (write(2, buf, (size_t)n) < 0)
+		_exit(95);
+}
+
+static void c_load_fails(void *arg)
+{
+	(void)arg;
+	child_open("tbadfile");
+	oc_set_fatal_hook(fatal_hook);
+	ctf.load_fail_err = -EIO;
+	TF_SET(&ctf.load_fail, -1);
+	(void)*tf_at(cbase, PS, 5, 0);
+	_exit(0);
+}
+
+static void c_load_fails_twice(void *arg)
+{
+	int write = arg != NULL;
+	uint64_t v;
+	child_open("tflaky");
+	TF_SET(&ctf.load_fail, 2);
+	if (write) {
+		*tf_at(cbase, PS, 3, 0) = 99;
+		v = *tf_at(cbase, PS, 3, 0);
+		if (v != 99 || *tf_at(cbase, PS, 3, 1) != tf_word(3, 1))
+			_exit(1);
+		if (oc_fileh_isdirty(cfh) != 1)
+			_exit(3);
+	} else if (*tf_at(cbase, PS, 3, 0) != tf_word(3, 0)) {
+		_exit(1);
+	}
+	_exit(TF_GET(&ctf.nload_calls) == 3 ? 0 : 2);
+}
+
+static int own_touch_hook(tfile_t *tf, uint64_t blk, void *buf)
+{
+	(void)tf, (void)buf;
+	if (blk == 2) /* touch block 7 of the same handle, not loaded */
+		return (int)(*tf_at(cbase, PS, 7, 0) & 0);
+	return 0;
+}
+
+static void c_load_touches_own(void *arg)
+{
+	(void)arg;
+	child_open("tselfload");
+	ctf.load_hook = own_touch_hook;
+	alarm(5);
+	(void)*tf_at(cbase, PS, 2, 0);
+	_exit(0);
+}
+
+static int own_touch_store_hook(tfile_t *tf, uint64_t blk, const void *buf)
+{
+	(void)tf, (void)buf;
+	if (blk == 0)
+		return (int)(*tf_at(cbase, PS, 7, 0) & 0);
+	return 0;
+}
+
+static void c_store_touches_own(void *arg)
+{
+	(void)arg;
+	child_open("tselfstore");
+	ctf.store_hook = own_touch_store_hook;
+	alarm(5);
+	*tf_at(cbase, PS, 0, 0) = 1;
+	_exit(oc_fileh_writeout(cfh, OC_WRITEOUT_STORE) == 0 ? 0 : 1);
+}
+
+static void test_load_errors(void)
+{
+	struct child c;
+	const char *h;
+	unsigned long long calls = 0;
+
+	printf("# loadblk errors inside a fault\n");
+	run_child(c_load_fails, NULL, &c);
+	CHECK(died_of(&c, SIGBUS), "loadblk always failing: SIGBUS (%s)", how(&c));
+	show_err(&c);
+	CHECK(strstr(c.err, "tbadfile") != NULL, "stderr names the file");
+	CHECK(strstr(c.err, "block 5") != NULL, "stderr names the block");
+	CHECK(strstr(c.err, strerror(EIO)) || strstr(c.err, oc_strerror(-EIO)) ||
+	      strstr(c.err, "EIO"), "stderr names the error");
+	h = strstr(c.err, "HOOK calls=");
+	CHECK(h != NULL, "the fatal hook was called");
+	if (h)
+		calls = strtoull(h + 11, NULL, 10);
+	CHECK(calls >= 2 && calls <= OC_LOAD_RETRIES + 1,
+	      "retried a bounded number of times (%llu loadblk calls)", calls);
+
+	run_child(c_load_fails_twice, NULL, &c);
+	CHECK(exited(&c, 0), "read: loadblk fails twice then succeeds: the "
+	      "access succeeds, 3 calls (%s)", how(&c));
+	if (!exited(&c, 0))
+		show_err(&c);
+	run_child(c_load_fails_twice, (void *)1, &c);
+	CHECK(exited(&c, 0), "write: loadblk fails twice then succeeds: the "
+	      "access succeeds, 3 calls (%s)", how(&c));
+	if (!exited(&c, 0))
+		show_err(&c);
+
+	run_child(c_load_touches_own, NULL, &c);
+	CHECK(!died_of(&c, SIGALRM), "loadblk touching its own handle: no hang "
+	      "(%s)", how(&c));
+	CHECK(!exited(&c, 0), "the process is stopped");
+	CHECK(c.err[0] != 0, "with a message");
+	show_err(&c);
+
+	run_child(c_store_touches_own, NULL, &c);
+	CHECK(!died_of(&c, SIGALRM), "storeblk touching an unloaded page of its "
+	      "own handle: no hang (%s)", how(&c));
+	CHECK(!exited(&c, 0) && c.err[0] != 0,
+	      "the process is stopped with a message");
+	show_err(&c);
+}
+
+/* ---- fork ----------------------------------------------------------- */
+
+static tfile_t ptf, pdtf;
+static oc_ram_t *pram;
+static oc_fileh_t *pfh, *pdfh;
+static oc_vma_t *pvma;
+static char *pbase;
+
+static void c_fork_touch(void *arg)
+{
+	int write = arg != NULL;
+	if (write)
+		*(volatile char *)pbase = 'C';
+	else
+		(void)*(volatile char *)pbase;
+	_exit(0);
+}
+
+static void c_fork_touch_unloaded(void *arg)
+{
+	(void)arg;
+	(void)*tf_at(pbase, PS, 6, 0);
+	_exit(0);
+}
+
+/* Every call on inherited objects: OC_EFORKED.  Exit code: a bit per
+ * call that answered something else. */
+static void c_fork_calls(void *arg)
+{
+	oc_vma_t *v = NULL;
+	int bad = 0;
+	(void)arg;
+	if (oc_fileh_mmap(pfh, 0, 1, &v) != OC_EFORKED || v)
+		bad |= 1;
+	if (oc_fileh_writeout(pfh, OC_WRITEOUT_STORE) != OC_EFORKED)
+		bad |= 2;
+	if (oc_fileh_discard(pfh) != OC_EFORKED)
+		bad |= 4;
+	if (oc_fileh_invalidate(pfh, 0) != OC_EFORKED)
+		bad |= 8;
+	if (oc_fileh_load(pfh, 0, 1) != OC_EFORKED)
+		bad |= 16;
+	if (oc_prefault(pbase, PS, 0) != OC_EFORKED)
+		bad |= 32;
+	/* closing and unmapping only forget them */
+	oc_vma_unmap(pvma);
+	oc_fileh_close(pfh);
+	_exit(bad);
+}
+
+/* The child opens what it needs anew: on a RAM of its own (exit 0) or on
+ * the default RAM (arg != NULL). */
+static void c_fork_fresh(void *arg)
+{
+	oc_ram_t *ram = NULL;
+	oc_fileh_t *fh = NULL;
+	oc_vma_t *v = NULL;
+	tfile_t *tf = &ctf;
+	int r;
+	if (!arg) {
+		ram = tf_ram(PS, 64 * PS, &r);
+		if (!ram)
+			_exit(10);
+	}
+	tfile_init(tf, PS, "tchild");
+	if ((r = oc_fileh_open(&fh, &tf->file, ram))) {
+		fprintf(stderr, "child: oc_fileh_open: %d %s\n", r,
+			oc_strerror(r));
+		_exit(11);
+	}
+	if ((r = oc_fileh_mmap(fh, 0, 4, &v))) {
+		fprintf(stderr, "child: oc_fileh_mmap: %d %s\n", r,
+			oc_strerror(r));
+		_exit(12);
+	}
+	if (*tf_at(oc_vma_addr(v), PS, 1, 1) != tf_word(1, 1))
+		_exit(13);
+	*tf_at(oc_vma_addr(v), PS, 2, 0) = 5;
+	if (oc_fileh_writeout(fh, OC_WRITEOUT_STORE | OC_WRITEOUT_MARKSTORED))
+		_exit(14);
+	if (!tf->stored[2] || ((uint64_t *)tf->stored[2])[0] != 5)
+		_exit(15);
+	oc_vma_unmap(v);
+	if (oc_fileh_close(fh))
+		_exit(16);
+	_exit(0);
+}
+
+static void test_fork(void)
+{
+	struct child c;
+	oc_ram_t *dram = NULL;
+	oc_vma_t *dv = NULL;
+	int r;
+
+	printf("# fork\n");
+	pram = tf_ram(PS, 64 * PS, &r);
+	CHECK(pram != NULL, "RAM: %d", r);
+	if (!pram)
+		return;
+	tfile_init(&ptf, PS, "tparent");
+	CHECK_EQ(oc_fileh_open(&pfh, &ptf.file, pram), 0, "open");
+	CHECK_EQ(oc_fileh_mmap(pfh, 0, 8, &pvma), 0, "mmap");
+	if (!pvma)
+		return;
+	pbase = oc_vma_addr(pvma);
+	*pbase = 'P';
+	(void)*tf_at(pbase, PS, 1, 0); /* a clean page too */
+	/* the default RAM in use before the fork */
+	CHECK_EQ(oc_ram_default(PS, &dram), 0, "default RAM");
+	tfile_init(&pdtf, PS, "tpdefault");
+	CHECK_EQ(oc_fileh_open(&pdfh, &pdtf.file, NULL), 0,
+		 "open on the default RAM");
+	if (pdfh && oc_fileh_mmap(pdfh, 0, 2, &dv) == 0)
+		*tf_at(oc_vma_addr(dv), PS, 0, 0) = 1;
+
+	run_child(c_fork_touch, (void *)1, &c);
+	CHECK(died_of(&c, SIGSEGV), "child writing the parent's dirty page: "
+	      "SIGSEGV (%s)", how(&c));
+	CHECK(c.err[0] != 0, "with a message");
+	show_err(&c);
+	CHECK(*(volatile char *)pbase == 'P', "the parent's data is still 'P'");
+	run_child(c_fork_touch, NULL, &c);
+	CHECK(died_of(&c, SIGSEGV), "child reading the parent's dirty page: "
+	      "SIGSEGV (%s)", how(&c));
+	run_child(c_fork_touch_unloaded, NULL, &c);
+	CHECK(died_of(&c, SIGSEGV), "child reading an unloaded page: SIGSEGV (%s)",
+	      how(&c));
+	CHECK(*(volatile char *)pbase == 'P', "the parent's data is still 'P'");
+	CHECK_EQ(TF_GET(&ptf.blk_loads[6]), 0, "the child loaded nothing for "
+		 "the parent");
+
+	run_child(c_fork_calls, NULL, &c);
+	CHECK(exited(&c, 0), "inherited handle: every call answers OC_EFORKED "
+	      "(%s: bits of the calls that did not)", how(&c));
+	if (!exited(&c, 0))
+		show_err(&c);
+	run_child(c_fork_fresh, NULL, &c);
+	CHECK(exited(&c, 0), "child opens a new RAM and handle and uses them "
+	      "(%s)", how(&c));
+	if (!exited(&c, 0))
+		show_err(&c);
+	run_child(c_fork_fresh, (void *)1, &c);
+	CHECK(exited(&c, 0), "child opens a handle on the default RAM (%s)",
+	      how(&c));
+	if (!exited(&c, 0))
+		show_err(&c);
+
+	/* the parent carries on */
+	CHECK(*(volatile char *)pbase == 'P', "parent: data intact");
+	*tf_at(pbase, PS, 1, 0) = 11;
+	CHECK(oc_fileh_isdirty(pfh) == 1, "parent: writes still work");
+	CHECK_EQ(oc_fileh_writeout(pfh, OC_WRITEOUT_STORE |
+				   OC_WRITEOUT_MARKSTORED), 0,
+		 "parent: writeout");
+	CHECK(ptf.stored[0] && ((char *)ptf.stored[0])[0] == 'P',
+	      "parent: stored 'P'");
+	CHECK_EQ(oc_vma_unmap(pvma), 0, "parent: unmap");
+	CHECK_EQ(oc_fileh_close(pfh), 0, "parent: close");
+	oc_file_put(&ptf.file);
+	if (dv)
+		oc_vma_unmap(dv);
+	if (pdfh)
+		oc_fileh_close(pdfh);
+	oc_file_put(&pdtf.file);
+	CHECK_EQ(oc_ram_close(pram), 0, "parent: close RAM");
+}
+
+int main(void)
+{
+	test_outside();
+	test_load_errors();
+	test_fork();
+	return check_done();
+}

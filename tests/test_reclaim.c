@@ -1,0 +1,509 @@
+/* outcore: out-of-core arrays on a userspace virtual memory manager.
+ * Copyright (C) 2026 the outcore developers.
+ * SPDX-License-Identifier: GPL-3.0-or-later WITH outcore-OSI-exception
+ *
+ * test_reclaim: the RAM budget.  Under a budget of 3 pages the least
+ * recently faulted clean page goes (and its next access reloads it), dirty
+ * pages never go (the budget is exceeded and counted instead), explicit
+ * oc_ram_reclaim and lowering the budget reclaim at once, reclaim unmaps a
+ * page from every mapping, and base-layer blocks count too.  Then the big
+ * one: 1 GiB read, written and read again through a 64 MiB budget keeps
+ * the process's RSS under budget + 32 MiB.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <outcore/outcore.h>
+
+#include "check.h"
+#include "testfile.h"
+
+#define KiB ((size_t)1 << 10)
+#define MiB ((size_t)1 << 20)
+
+static oc_ram_stats_t stats(oc_ram_t *ram)
+{
+	oc_ram_stats_t st;
+	memset(&st, 0, sizeof(st));
+	oc_ram_stats(ram, &st);
+	return st;
+}
+
+struct setup {
+	tfile_t tf;
+	oc_ram_t *ram;
+	oc_fileh_t *fh;
+	oc_vma_t *v;
+	char *a;
+	size_t ps;
+};
+
+static int setup(struct setup *s, size_t ps, uint64_t budget_pages,
+		 uint64_t nblk)
+{
+	int r;
+	memset(s, 0, sizeof(*s));
+	s->ps = ps;
+	s->ram = tf_ram(ps, budget_pages * ps, &r);
+	CHECK(s->ram != NULL, "RAM of %llu pages of %zu KiB (%d)",
+	      (unsigned long long)budget_pages, ps / KiB, r);
+	if (!s->ram)
+		return -1;
+	tfile_init(&s->tf, ps, "treclaim");
+	r = oc_fileh_open(&s->fh, &s->tf.file, s->ram);
+	if (!r)
+		r = oc_fileh_mmap(s->fh, 0, nblk, &s->v);
+	CHECK(r == 0, "open and map %llu blocks (%d)", (unsigned long long)nblk,
+	      r);
+	if (r)
+		return -1;
+	s->a = oc_vma_addr(s->v);
+	return 0;
+}
+
+static void teardown(struct setup *s)
+{
+	if (s->v)
+		oc_vma_unmap(s->v);
+	if (s->fh)
+		CHECK_EQ(oc_fileh_close(s->fh), 0, "close handle");
+	if (s->tf.file.ops)
+		oc_file_put(&s->tf.file);
+	if (s->ram)
+		CHECK_EQ(oc_ram_close(s->ram), 0, "close RAM");
+}
+
+/* Read word 1 of block blk and check it; returns the loads it caused. */
+static uint64_t rd(struct setup *s, uint64_t blk)
+{
+	uint64_t l0 = TF_GET(&s->tf.nloads);
+	uint64_t w = *tf_at(s->a, s->ps, blk, 1);
+	if (w != tf_word(blk, 1) && w != 1000 + blk)
+		printf("#   block %llu: bad data %llu\n", (unsigned long long)blk,
+		       (unsigned long long)w);
+	return TF_GET(&s->tf.nloads) - l0;
+}
+
+/* "Loads caused by reading these blocks in this order" as a string of
+ * digits, e.g. "0010". */
+static const char *rds(struct setup *s, const uint64_t *blks, int n)
+{
+	static char out[64];
+	for (int i = 0; i < n && i < 63; i++)
+		out[i] = '0' + (char)rd(s, blks[i]);
+	out[n < 63 ? n : 63] = 0;
+	return out;
+}
+
+#define RDS(s, want, ...)                                                    \
+	do {                                                                 \
+		uint64_t b_[] = {__VA_ARGS__};                               \
+		const char *g_ = rds(s, b_, sizeof(b_) / sizeof(b_[0]));     \
+		CHECK(!strcmp(g_, want), "read " #__VA_ARGS__                \
+		      ": loads %s (want %s)", g_, want);                     \
+	} while (0)
+
+static void test_lru(void)
+{
+	struct setup s;
+	oc_ram_stats_t st;
+
+	printf("# budget of 3 pages: least recently faulted goes\n");
+	if (setup(&s, 4 * KiB, 3, 16))
+		return;
+	RDS(&s, "111", 0, 1, 2);
+	st = stats(s.ram);
+	CHECK(st.used == 3 * s.ps && st.ram_pages == 3 && st.reclaims == 0,
+	      "3 pages used, nothing reclaimed");
+	RDS(&s, "1", 3);
+	st = stats(s.ram);
+	CHECK_EQ(st.reclaims, 1, "the 4th load reclaimed one page");
+	CHECK_EQ(st.used, 3 * s.ps, "used stays at the budget");
+	CHECK_EQ(st.used_max, 3 * s.ps, "used_max is the budget");
+	RDS(&s, "000", 1, 2, 3);
+	RDS(&s, "1", 0);	/* block 0 was the one reclaimed; 1 goes now */
+	CHECK_EQ(TF_GET(&s.tf.blk_loads[0]), 2, "block 0 loaded twice");
+	RDS(&s, "00", 2, 3);
+	RDS(&s, "1", 1);	/* 2 goes */
+	RDS(&s, "000", 3, 0, 1);
+	RDS(&s, "1", 2);	/* 3 goes */
+	RDS(&s, "1", 3);	/* 0 goes */
+	RDS(&s, "100", 0, 2, 3);	/* 1 goes */
+	st = stats(s.ram);
+	CHECK_EQ(st.overbudget, 0, "never over budget with clean pages");
+	CHECK_EQ(st.used_max, 3 * s.ps, "used_max still the budget");
+	teardown(&s);
+}
+
+static void test_dirty_kept(void)
+{
+	struct setup s;
+	oc_ram_stats_t st;
+	int ok;
+
+	printf("# budget of 3 pages: dirty pages are never reclaimed\n");
+	if (setup(&s, 4 * KiB, 3, 16))
+		return;
+	for (int i = 0; i < 4; i++)
+		*tf_at(s.a, s.ps, i, 0) = 500 + i;
+	CHECK_EQ(TF_GET(&s.tf.nloads), 4, "4 pages loaded for write");
+	st = stats(s.ram);
+	CHECK_EQ(st.dirty_pages, 4, "4 dirty pages");
+	CHECK(st.overbudget > 0, "stats.overbudget > 0 (%llu)",
+	      (unsigned long long)st.overbudget);
+	CHECK(st.used > st.budget, "used %llu > budget %llu",
+	      (unsigned long long)st.used, (unsigned long long)st.budget);
+	ok = 1;
+	for (int i = 0; i < 4; i++)
+		ok &= *tf_at(s.a, s.ps, i, 0) == (uint64_t)(500 + i) &&
+		      *tf_at(s.a, s.ps, i, 1) == tf_word(i, 1);
+	CHECK(ok, "all data intact");
+	CHECK_EQ(TF_GET(&s.tf.nloads), 4, "no reload");
+	CHECK_EQ(oc_ram_reclaim(s.ram, 100), 0, "explicit reclaim takes none");
+	*tf_at(s.a, s.ps, 4, 0) = 504;
+	st = stats(s.ram);
+	CHECK_EQ(st.dirty_pages, 5, "a 5th dirty page");
+	CHECK_EQ(st.used, 5 * s.ps, "used 5 pages");
+	CHECK(st.overbudget >= 2, "overbudget counts each allocation (%llu)",
+	      (unsigned long long)st.overbudget);
+	CHECK_EQ(oc_fileh_writeout(s.fh, OC_WRITEOUT_STORE |
+				   OC_WRITEOUT_MARKSTORED), 0, "writeout");
+	CHECK_EQ(TF_GET(&s.tf.nstores), 5, "5 stores");
+	RDS(&s, "1", 8);
+	st = stats(s.ram);
+	CHECK(st.used <= st.budget, "once clean, the next load goes back under "
+	      "budget (used %llu)", (unsigned long long)st.used);
+	ok = 1;
+	for (int i = 0; i < 5; i++)
+		ok &= *tf_at(s.a, s.ps, i, 0) == (uint64_t)(500 + i);
+	CHECK(ok, "written data reloads from the store");
+
+	/* mixed: two dirty, the clean one goes */
+	st = stats(s.ram);
+	CHECK_EQ(oc_ram_reclaim(s.ram, 100), st.ram_pages - st.dirty_pages,
+		 "reclaim every clean page");
+	*tf_at(s.a, s.ps, 10, 0) = 1;
+	*tf_at(s.a, s.ps, 11, 0) = 1;
+	RDS(&s, "1", 12);
+	RDS(&s, "1", 13);	/* 12 goes, not the dirty 10 or 11 */
+	RDS(&s, "1", 12);	/* 13 goes */
+	CHECK(TF_GET(&s.tf.blk_loads[10]) == 1 && TF_GET(&s.tf.blk_loads[11]) == 1,
+	      "dirty pages 10 and 11 never reloaded");
+	CHECK(*tf_at(s.a, s.ps, 10, 0) == 1 && *tf_at(s.a, s.ps, 11, 0) == 1,
+	      "dirty data intact");
+	oc_fileh_discard(s.fh);
+	teardown(&s);
+}
+
+static void test_explicit(void)
+{
+	struct setup s;
+	oc_ram_stats_t st;
+	oc_vma_t *v2 = NULL;
+
+	printf("# explicit reclaim, lowering the budget, every mapping\n");
+	if (setup(&s, 4 * KiB, 10, 16))
+		return;
+	RDS(&s, "11111", 0, 1, 2, 3, 4);
+	CHECK_EQ(oc_ram_reclaim(s.ram, 1), 1, "reclaim 1");
+	RDS(&s, "0000", 1, 2, 3, 4);
+	RDS(&s, "1", 0);	/* it was block 0 */
+	CHECK_EQ(oc_ram_reclaim(s.ram, 2), 2, "reclaim 2");
+	RDS(&s, "000", 3, 4, 0);
+	RDS(&s, "11", 1, 2);	/* they were 1 and 2 */
+	CHECK_EQ(oc_ram_reclaim(s.ram, 0), 0, "reclaim 0 pages");
+	*tf_at(s.a, s.ps, 3, 0) = 1;
+	CHECK_EQ(oc_ram_reclaim(s.ram, 100), 4, "reclaim all: 4 clean of 5");
+	CHECK_EQ(oc_ram_reclaim(s.ram, 100), 0, "nothing left to reclaim");
+	st = stats(s.ram);
+	CHECK(st.ram_pages == 1 && st.dirty_pages == 1 && st.used == s.ps,
+	      "only the dirty page left");
+	RDS(&s, "10111", 0, 3, 4, 1, 2);
+
+	/* lowering the budget reclaims at once, least recent first */
+	CHECK_EQ(oc_ram_set_budget(s.ram, 3 * s.ps), 0, "budget 3 pages");
+	st = stats(s.ram);
+	CHECK(st.used <= 3 * s.ps, "used down to the budget at once (%llu)",
+	      (unsigned long long)st.used);
+	RDS(&s, "00", 1, 2);	/* dirty 3 + the two most recent stay */
+	RDS(&s, "1", 4);
+	oc_fileh_discard(s.fh);
+
+	/* reclaim unmaps a page from every mapping */
+	CHECK_EQ(oc_ram_set_budget(s.ram, 10 * s.ps), 0, "budget 10 pages");
+	CHECK_EQ(oc_fileh_mmap(s.fh, 0, 4, &v2), 0, "second mapping");
+	if (v2) {
+		char *b = oc_vma_addr(v2);
+		uint64_t l0;
+		rd(&s, 1);
+		CHECK(*tf_at(b, s.ps, 1, 1) == tf_word(1, 1), "read via 2");
+		oc_ram_reclaim(s.ram, 100);
+		l0 = TF_GET(&s.tf.nloads);
+		CHECK(*tf_at(b, s.ps, 1, 1) == tf_word(1, 1),
+		      "read via 2 after reclaim");
+		CHECK_EQ(TF_GET(&s.tf.nloads) - l0, 1, "reloaded once");
+		RDS(&s, "0", 1); /* via 1: resident again, just mapped */
+		oc_vma_unmap(v2);
+	}
+	teardown(&s);
+}
+
+/* Base-layer blocks of a plain file count in the budget too. */
+static void test_base_budget(void)
+{
+	const size_t ps = 64 * KiB;
+	const int N = 8;
+	char path[256];
+	const char *tmp = getenv("TMPDIR");
+	oc_file_t *f = NULL;
+	oc_ram_t *ram;
+	oc_fileh_t *fh = NULL;
+	oc_vma_t *v = NULL;
+	oc_ram_stats_t st;
+	uint64_t *blk = malloc(ps);
+	int fd, r, ok;
+
+	printf("# base-layer blocks count in the budget\n");
+	snprintf(path, sizeof(path), "%s/oc-test-reclaim-XXXXXX",
+		 tmp ? tmp : "/tmp");
+	fd = mkstemp(path);
+	CHECK(fd >= 0, "mkstemp");
+	if (fd < 0) {
+		free(blk);
+		return;
+	}
+	for (int b = 0; b < N; b++) {
+		tf_fill(blk, ps, b);
+		if (pwrite(fd, blk, ps, (off_t)b * ps) != (ssize_t)ps)
+			printf("# pwrite failed\n");
+	}
+	ram = tf_ram(ps, 3 * ps, &r);
+	CHECK(ram != NULL, "RAM: %d", r);
+	if (ram && oc_plainfile_open(&f, path, ps, 0) == 0 &&
+	    oc_fileh_open(&fh, f, ram) == 0 && oc_fileh_mmap(fh, 0, N, &v) == 0) {
+		char *a = oc_vma_addr(v);
+		ok = 1;
+		for (int b = 0; b < N; b++) {
+			ok &= tf_is_pattern(a + b * ps, ps, b, 1);
+			st = stats(ram);
+			ok &= st.used <= 3 * ps && st.base_blocks <= 3;
+		}
+		CHECK(ok, "8 base blocks read, never more than 3 mapped");
+		st = stats(ram);
+		CHECK(st.base_maps == (uint64_t)N && st.reclaims == (uint64_t)N - 3,
+		      "8 base maps, 5 reclaimed (%llu, %llu)",
+		      (unsigned long long)st.base_maps,
+		      (unsigned long long)st.reclaims);
+		CHECK(tf_is_pattern(a, ps, 0, 1), "block 0 again");
+		CHECK_EQ(stats(ram).base_maps, N + 1, "mapped again");
+		*tf_at(a, ps, 1, 0) = 9; /* copy-on-write: a RAM page */
+		st = stats(ram);
+		CHECK(st.used <= 3 * ps && st.ram_pages == 1,
+		      "the copied block counts once (used %llu)",
+		      (unsigned long long)st.used);
+		printf("# after the copy: used %llu kB, base blocks %llu, RAM "
+		       "pages %llu, reclaims %llu\n",
+		       (unsigned long long)(st.used / KiB),
+		       (unsigned long long)st.base_blocks,
+		       (unsigned long long)st.ram_pages,
+		       (unsigned long long)st.reclaims);
+		CHECK_EQ(oc_ram_reclaim(ram, 100), st.base_blocks,
+			 "reclaim takes every base block");
+		st = stats(ram);
+		CHECK(st.base_blocks == 0 && st.used == ps, "only the dirty page");
+		oc_fileh_discard(fh);
+	} else {
+		CHECK(0, "open the plain file");
+	}
+	if (v)
+		oc_vma_unmap(v);
+	if (fh)
+		oc_fileh_close(fh);
+	if (f)
+		oc_file_put(f);
+	if (ram)
+		CHECK_EQ(oc_ram_close(ram), 0, "close RAM");
+	close(fd);
+	unlink(path);
+	free(blk);
+}
+
+/* ---- 1 GiB through 64 MiB ------------------------------------------- */
+
+struct big {
+	uint8_t *stored;     /* one flag per block */
+	uint64_t bad_stores; /* stores whose data was not what was written */
+};
+
+static uint64_t marker(uint64_t blk)
+{
+	return 0x5100000000000000ull | blk;
+}
+
+static int big_load_hook(tfile_t *tf, uint64_t blk, void *buf)
+{
+	struct big *bg = tf->user;
+	uint64_t *w = buf;
+	if (bg->stored[blk]) {
+		w[0] = marker(blk);
+		w[tf->blksize / 8 - 1] = marker(blk);
+	}
+	return 0;
+}
+
+static int big_store_hook(tfile_t *tf, uint64_t blk, const void *buf)
+{
+	struct big *bg = tf->user;
+	const uint64_t *w = buf;
+	size_t n = tf->blksize / 8;
+	if (w[0] != marker(blk) || w[n - 1] != marker(blk) ||
+	    w[1] != tf_word(blk, 1) || w[n / 2] != tf_word(blk, n / 2))
+		TF_ADD(&bg->bad_stores, 1);
+	bg->stored[blk] = 1;
+	return 0;
+}
+
+static long rss_kb(void)
+{
+	return tf_status_kb("VmRSS");
+}
+
+/* Proportional set size: a page mapped twice in this process counts once. */
+static long pss_kb(void)
+{
+	return tf_proc_kb("/proc/self/smaps_rollup", "Pss");
+}
+
+static void test_big(void)
+{
+	const size_t ps = 2 * MiB;
+	const unsigned long scale = check_scale();
+	const uint64_t budget_pages = 32 / scale >= 2 ? 32 / scale : 2;
+	const uint64_t budget = budget_pages * ps;
+	const uint64_t nblk = 512 / scale >= 4 * budget_pages ? 512 / scale
+							      : 4 * budget_pages;
+	const uint64_t every = budget_pages / 4 ? budget_pages / 4 : 1;
+	const long slack_kb = 32 * 1024;
+	struct big bg;
+	tfile_t *tf = calloc(1, sizeof(*tf));
+	oc_ram_t *ram;
+	oc_fileh_t *fh = NULL;
+	oc_vma_t *v = NULL;
+	oc_ram_stats_t st;
+	long base_rss, max_rss = 0, max_shmem = 0, base_pss, max_pss = 0, r;
+	uint64_t bad = 0;
+	double t0;
+	char *a;
+	int err;
+
+	printf("# %llu MiB through a %llu MiB budget (scale %lu)\n",
+	       (unsigned long long)(nblk * ps / MiB),
+	       (unsigned long long)(budget / MiB), scale);
+	memset(&bg, 0, sizeof(bg));
+	bg.stored = calloc(nblk, 1);
+	base_rss = rss_kb();
+	base_pss = pss_kb();
+	t0 = tf_now();
+	ram = tf_ram(ps, budget, &err);
+	CHECK(ram != NULL, "RAM: %d", err);
+	if (!ram)
+		goto out;
+	tfile_init(tf, ps, "tbig");
+	tf->keep = 0; /* data is synthesized on load, checked on store */
+	tf->user = &bg;
+	tf->load_hook = big_load_hook;
+	tf->store_hook = big_store_hook;
+	CHECK_EQ(oc_fileh_open(&fh, &tf->file, ram), 0, "open");
+	CHECK_EQ(oc_fileh_mmap(fh, 0, nblk, &v), 0, "map the whole file");
+	if (!v)
+		goto out;
+	a = oc_vma_addr(v);
+
+#define SAMPLE()                                                  \
+	do {                                                      \
+		if ((r = rss_kb()) > max_rss)                     \
+			max_rss = r;                              \
+		if ((r = tf_status_kb("RssShmem")) > max_shmem)   \
+			max_shmem = r;                            \
+		if ((r = pss_kb()) > max_pss)                     \
+			max_pss = r;                              \
+	} while (0)
+
+	/* 1: read everything */
+	for (uint64_t b = 0; b < nblk; b++) {
+		if (!tf_is_pattern(a + b * ps, ps, b, 1))
+			bad++;
+		SAMPLE();
+	}
+	CHECK_EQ(bad, 0, "read pass: every block holds its data");
+	CHECK_EQ(TF_GET(&tf->nloads), nblk, "read pass: one load per block");
+
+	/* 2: write everything, writing out every few blocks */
+	for (uint64_t b = 0; b < nblk; b++) {
+		*tf_at(a, ps, b, 0) = marker(b);
+		*tf_at(a, ps, b, ps / 8 - 1) = marker(b);
+		if ((b + 1) % every == 0 || b == nblk - 1)
+			if (oc_fileh_writeout(fh, OC_WRITEOUT_STORE |
+					      OC_WRITEOUT_MARKSTORED))
+				bad++;
+		SAMPLE();
+	}
+	CHECK_EQ(bad, 0, "write pass: every writeout succeeded");
+	CHECK_EQ(TF_GET(&tf->nloads), 2 * nblk, "write pass: one load per block");
+	CHECK_EQ(TF_GET(&tf->nstores), nblk, "write pass: one store per block");
+	CHECK_EQ(TF_GET(&bg.bad_stores), 0, "every store got the written data");
+
+	/* 3: read everything back */
+	for (uint64_t b = 0; b < nblk; b++) {
+		if (*tf_at(a, ps, b, 0) != marker(b) ||
+		    *tf_at(a, ps, b, 1) != tf_word(b, 1) ||
+		    *tf_at(a, ps, b, ps / 8 - 1) != marker(b))
+			bad++;
+		SAMPLE();
+	}
+	CHECK_EQ(bad, 0, "read-back pass: every block holds what was stored");
+	CHECK_EQ(TF_GET(&tf->nloads), 3 * nblk, "read-back: one load per block");
+
+	st = stats(ram);
+	printf("# %.2f s; VmRSS base %ld kB, max %ld kB; RssShmem max %ld kB; "
+	       "Pss base %ld kB, max %ld kB; used_max %llu kB; reclaims %llu\n",
+	       tf_now() - t0, base_rss, max_rss, max_shmem, base_pss, max_pss,
+	       (unsigned long long)(st.used_max / KiB),
+	       (unsigned long long)st.reclaims);
+	CHECK(st.used_max <= budget, "used never exceeded the budget");
+	CHECK_EQ(st.overbudget, 0, "never over budget");
+	CHECK(st.reclaims >= 3 * nblk - 2 * budget_pages,
+	      "reclaimed as it went (%llu)", (unsigned long long)st.reclaims);
+	CHECK(max_rss - base_rss <= (long)(budget / KiB) + slack_kb,
+	      "VmRSS grew by %ld kB <= budget + 32 MiB (%ld kB)",
+	      max_rss - base_rss, (long)(budget / KiB) + slack_kb);
+	CHECK(max_pss - base_pss <= (long)(budget / KiB) + slack_kb,
+	      "Pss grew by %ld kB <= budget + 32 MiB (%ld kB)",
+	      max_pss - base_pss, (long)(budget / KiB) + slack_kb);
+out:
+	if (v)
+		oc_vma_unmap(v);
+	if (fh)
+		oc_fileh_close(fh);
+	if (tf->file.ops)
+		oc_file_put(&tf->file);
+	if (ram)
+		CHECK_EQ(oc_ram_close(ram), 0, "close RAM");
+	free(bg.stored);
+	free(tf);
+}
+
+int main(void)
+{
+	test_lru();
+	test_dirty_kept();
+	test_explicit();
+	test_base_budget();
+	test_big();
+	return check_done();
+}
