@@ -3,8 +3,10 @@
  * SPDX-License-Identifier: GPL-3.0-or-later WITH outcore-OSI-exception
  *
  * memfile.c: the in-RAM file backend: blocks in malloc'd memory, copied on
- * load and store.  Blocks never stored read as zeros; storing an all-zero
- * block frees it.  A read-write lock lets loads run in parallel.
+ * load and store.  Blocks never stored read as zeros (served by the core
+ * without a load); storing an all-zero block frees it.  Loads go straight
+ * into the RAM page with pwrite.  A read-write lock lets loads run in
+ * parallel.
  */
 #include "internal.h"
 
@@ -32,6 +34,39 @@ static int mem_loadblk(oc_file_t *f, uint64_t blk, void *buf)
 	__atomic_add_fetch(&m->loads, 1, __ATOMIC_RELAXED);
 	pthread_rwlock_unlock(&m->lock);
 	return 0;
+}
+
+/* Holes read as zeros without a load. */
+static int mem_mapblk(oc_file_t *f, uint64_t blk, int *fd, uint64_t *off)
+{
+	struct memfile *m = (struct memfile *)f;
+	void *b;
+
+	(void)fd;
+	(void)off;
+	pthread_rwlock_rdlock(&m->lock);
+	b = oc_pagemap_get(&m->blocks, blk);
+	pthread_rwlock_unlock(&m->lock);
+	return b ? OC_NOMAP : OC_ZEROBLK;
+}
+
+/* A stored block goes into the RAM page with one kernel copy. */
+static int mem_loadblk_fd(oc_file_t *f, uint64_t blk, int fd, uint64_t off)
+{
+	struct memfile *m = (struct memfile *)f;
+	void *b;
+	int err;
+
+	pthread_rwlock_rdlock(&m->lock);
+	b = oc_pagemap_get(&m->blocks, blk);
+	if (!b) {
+		pthread_rwlock_unlock(&m->lock);
+		return OC_NOMAP; /* deleted since mapblk: loadblk zero-fills */
+	}
+	err = _oc_os_pwrite_all(fd, b, f->blksize, off);
+	__atomic_add_fetch(&m->loads, 1, __ATOMIC_RELAXED);
+	pthread_rwlock_unlock(&m->lock);
+	return err;
 }
 
 static bool all_zero(const void *buf, size_t len)
@@ -99,6 +134,8 @@ static const oc_file_ops_t mem_ops = {
 	.loadblk = mem_loadblk,
 	.storeblk = mem_storeblk,
 	.release = mem_release,
+	.mapblk = mem_mapblk,
+	.loadblk_fd = mem_loadblk_fd,
 };
 
 int oc_memfile_new(oc_file_t **out, size_t blksize)

@@ -64,8 +64,8 @@ int _oc_os_reserve(size_t len, size_t align, void **out)
 	total = len + align;
 	p = mmap(NULL, total, PROT_NONE,
 		 MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-	if (p == MAP_FAILED)
-		RET(-errno);
+	if (p == MAP_FAILED) /* EINVAL here only means "too large" (valgrind) */
+		RET(errno == EINVAL ? -ENOMEM : -errno);
 	a = (char *)(((uintptr_t)p + align - 1) & ~(uintptr_t)(align - 1));
 	if (a > p)
 		munmap(p, (size_t)(a - p));

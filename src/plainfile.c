@@ -31,10 +31,20 @@ static uint64_t psize(struct plainfile *p)
 static int plain_mapblk(oc_file_t *f, uint64_t blk, int *fd, uint64_t *off)
 {
 	struct plainfile *p = (struct plainfile *)f;
-	uint64_t o = blk * f->blksize;
+	uint64_t o = blk * f->blksize, size = psize(p);
+	off_t data;
 
-	if (blk > UINT64_MAX / f->blksize || o + f->blksize > psize(p))
-		return OC_NOMAP;
+	if (blk > UINT64_MAX / f->blksize || o >= size)
+		return OC_ZEROBLK; /* past the end */
+	if (o + f->blksize > size)
+		return OC_NOMAP; /* the partial last block */
+	/* A hole (a sparse file, a file just grown) needs no page cache:
+	 * serve it as zeros.  lseek moves the file position, which nothing
+	 * here uses (all I/O is pread/pwrite). */
+	data = lseek(p->fd, (off_t)o, SEEK_DATA);
+	if ((data < 0 && errno == ENXIO) ||
+	    (data >= 0 && (uint64_t)data >= o + f->blksize))
+		return OC_ZEROBLK;
 	*fd = p->fd;
 	*off = o;
 	return 0;

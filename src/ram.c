@@ -414,7 +414,7 @@ static int add_chunk(oc_ram_t *ram)
 	return 0;
 }
 
-int _oc_ram_get_slot(oc_ram_t *ram, uint64_t *slot, bool *warm)
+int _oc_ram_get_slot(oc_ram_t *ram, uint64_t *slot, bool *warm, bool *zero)
 {
 	uint64_t limit = ram->budget >> ram->pageshift;
 	int64_t reuse = -1;
@@ -444,8 +444,10 @@ int _oc_ram_get_slot(oc_ram_t *ram, uint64_t *slot, bool *warm)
 		if (ram->use_window && !ram->warm[*slot])
 			_oc_ram_warm_slot(ram, *slot);
 		*warm = ram->warm[*slot] != 0;
+		*zero = false;
 		goto got;
 	}
+	*zero = true; /* punched or never used */
 	if (ram->nfree) {
 		*slot = ram->freeslots[--ram->nfree];
 		*warm = ram->warm[*slot] != 0;
@@ -482,6 +484,12 @@ void _oc_ram_put_slot(oc_ram_t *ram, uint64_t slot)
 	_oc_os_punch(ram->fd, slot << ram->pageshift, ram->pagesize);
 	ram->warm[slot] = 0;
 	ram->freeslots[ram->nfree++] = slot;
+}
+
+void _oc_ram_put_slot_zero(oc_ram_t *ram, uint64_t slot)
+{
+	_oc_os_punch(ram->fd, slot << ram->pageshift, ram->pagesize);
+	ram->warm[slot] = 0;
 }
 
 int _oc_ram_warm_slot(oc_ram_t *ram, uint64_t slot)

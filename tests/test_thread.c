@@ -195,6 +195,8 @@ struct toucher {
 	int write;
 	pthread_barrier_t *bar;
 	uint64_t seen;     /* word 1 read */
+	int want_first;    /* read byte 0 too (not while another thread
+			    * writes word 0: that would be a data race) */
 	char first;        /* byte 0 read */
 	double t0, t1;     /* access start and end */
 };
@@ -207,7 +209,8 @@ static void *touch(void *arg)
 	t->t0 = tf_now();
 	if (t->write)
 		*tf_at(base, PS, t->blk, 0) = 0x77;
-	t->first = *(volatile char *)(base + t->blk * PS);
+	if (t->want_first)
+		t->first = *(volatile char *)(base + t->blk * PS);
 	t->seen = *tf_at(base, PS, t->blk, 1);
 	t->t1 = tf_now();
 	return NULL;
@@ -270,7 +273,7 @@ static void test_two_pages(void)
 
 static void test_load_vs_invalidate(void)
 {
-	struct toucher t = {.blk = BLK_INVAL};
+	struct toucher t = {.blk = BLK_INVAL, .want_first = 1};
 	pthread_t th;
 	double t0, dt;
 	int r;
@@ -409,6 +412,23 @@ static void test_lock_hooks(void)
 }
 
 /* ---- stress: readers and writers under a small budget --------------- */
+
+/* ThreadSanitizer models mmap() as a write to the whole range.  When one
+ * thread reclaims a page (mmap of a reservation over it) and another later
+ * reads the page after a third thread mapped it again, the reader never
+ * took a lock after the reclaim: the kernel's page tables order the
+ * accesses, which TSan cannot see.  Those reports (one side inside the
+ * core's mmap wrappers) are false positives of userspace paging; every
+ * other race is still reported. */
+#if defined(__SANITIZE_THREAD__)
+const char *__tsan_default_suppressions(void);
+__attribute__((visibility("default"))) const char *
+__tsan_default_suppressions(void)
+{
+	return "race:_oc_os_unmap_to_reserve\n"
+	       "race:_oc_os_map_fixed\n";
+}
+#endif
 
 #define STRESS_THREADS 4
 

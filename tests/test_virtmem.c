@@ -419,7 +419,7 @@ static void test_bad_args(void)
 	oc_fileh_t *fh = NULL;
 	oc_vma_t *v = (oc_vma_t *)&tf;
 	oc_file_t f;
-	oc_file_ops_t ops = {OC_FILE_OPS_VERSION, dummy_load, NULL, NULL, NULL};
+	oc_file_ops_t ops = {.version = OC_FILE_OPS_VERSION, .loadblk = dummy_load};
 	int err;
 
 	printf("# bad arguments\n");
@@ -694,7 +694,8 @@ static void test_memfile(size_t ps)
 	CHECK_EQ(oc_fileh_writeout(fh, OC_WRITEOUT_STORE |
 				   OC_WRITEOUT_MARKSTORED), 0, "writeout");
 	CHECK_EQ(oc_memfile_counts(f, &loads, &stores, &nblocks), 0, "counts");
-	CHECK_EQ(loads, 3, "memfile loads 3");
+	CHECK(loads <= 3, "memfile: at most one load per block (%llu)",
+	      (unsigned long long)loads);
 	CHECK_EQ(stores, 2, "memfile stores 2");
 	CHECK_EQ(nblocks, 2, "memfile holds 2 blocks");
 
@@ -702,9 +703,12 @@ static void test_memfile(size_t ps)
 	CHECK_EQ(oc_fileh_mmap(fh2, 0, 4, &v2), 0, "mmap second handle");
 	if (v2) {
 		char *b = oc_vma_addr(v2);
+		uint64_t l0 = loads;
 		CHECK(tf_is_pattern(b, ps, 0, 1), "second handle reads block 0");
 		CHECK(*tf_at(b, ps, 2, n - 1) == 42 && *tf_at(b, ps, 2, 0) == 0,
 		      "second handle reads block 2");
+		oc_memfile_counts(f, &loads, &stores, &nblocks);
+		CHECK_EQ(loads - l0, 2, "memfile: each stored block loaded once");
 		*tf_at(b, ps, 3, 0) = 99;
 		CHECK(*tf_at(a, ps, 3, 0) == 0,
 		      "a handle's dirty page is not seen by another handle");
@@ -713,9 +717,15 @@ static void test_memfile(size_t ps)
 	oc_fileh_close(fh2);
 	*tf_at(a, ps, 0, 0) = 77;
 	CHECK_EQ(oc_fileh_discard(fh), 0, "discard");
-	CHECK(tf_is_pattern(a, ps, 0, 1), "discarded: stored data back");
 	oc_memfile_counts(f, &loads, &stores, &nblocks);
-	CHECK_EQ(loads, 8, "memfile loads 8 (3, 3 second handle, block 3, reload)");
+	{
+		uint64_t l0 = loads;
+		CHECK(tf_is_pattern(a, ps, 0, 1), "discarded: stored data back");
+		oc_memfile_counts(f, &loads, &stores, &nblocks);
+		CHECK_EQ(loads - l0, 1, "memfile: reloaded once");
+	}
+	CHECK_EQ(stores, 2, "no store from the second handle (never written "
+		 "out)");
 	CHECK_EQ(oc_vma_unmap(v), 0, "unmap");
 	CHECK_EQ(oc_fileh_close(fh), 0, "close");
 	oc_file_put(f);

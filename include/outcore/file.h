@@ -45,6 +45,9 @@ typedef struct oc_file oc_file_t;
 
 /* Returned by mapblk for a block with no mappable base: load it instead. */
 #define OC_NOMAP 1
+/* Returned by mapblk for a block that reads as zeros (a hole): the core
+ * serves it from zeroed RAM without calling loadblk. */
+#define OC_ZEROBLK 2
 
 typedef struct oc_file_ops {
 	unsigned version; /* OC_FILE_OPS_VERSION (1) */
@@ -71,11 +74,20 @@ typedef struct oc_file_ops {
 	 * folios) from which the block's blksize bytes can be mapped
 	 * read-only with MAP_SHARED; return OC_NOMAP when this block must be
 	 * loaded with loadblk instead (a hole, a partial last block, data that
-	 * must be assembled); or a negative error.  The descriptor stays owned
+	 * must be assembled); OC_ZEROBLK when the block reads as zeros (it
+	 * is then served from zeroed RAM, with no loadblk and no copy); or a
+	 * negative error.  The descriptor stays owned
 	 * by the file and must stay open while the file lives; the mapped bytes
 	 * must not change while the block is mapped, except through the file's
 	 * own storeblk of that same block.  NULL: every block is loaded. */
 	int (*mapblk)(oc_file_t *file, uint64_t blk, int *fd, uint64_t *offset);
+
+	/* Optional: write block blk's blksize bytes into descriptor fd at
+	 * offset (with pwrite, from memory or another file) instead of into a
+	 * buffer.  The kernel then copies the data straight into the RAM page
+	 * with no intermediate buffer.  Return OC_NOMAP to have loadblk
+	 * called instead.  NULL: loadblk is used. */
+	int (*loadblk_fd)(oc_file_t *file, uint64_t blk, int fd, uint64_t offset);
 } oc_file_ops_t;
 
 /* A file.  Embed it as the first member of your own structure (or anywhere,

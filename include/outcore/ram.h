@@ -108,6 +108,7 @@ typedef struct oc_ram_stats {
 	uint64_t store_errors; /* storeblk calls that failed */
 	uint64_t base_maps;    /* blocks mapped from a base layer */
 	uint64_t cow_copies;   /* base-layer blocks copied to RAM on first write */
+	uint64_t zero_fills;   /* blocks served as zeros without a load (holes) */
 	uint64_t faults;       /* page faults served (read and write) */
 	uint64_t write_faults; /* of which write faults */
 	uint64_t reclaims;     /* pages or base blocks reclaimed for the budget */

@@ -1,0 +1,62 @@
+"""outcore: out-of-core NumPy arrays on a userspace virtual memory manager.
+
+The first thing most people want is :class:`outcore.memmap`, which is
+``numpy.memmap`` with the RAM it keeps bounded by a budget and changes that
+reach the file only at ``flush()``::
+
+    import numpy, outcore
+    a = outcore.memmap("data.f8", numpy.float64, mode="w+", shape=(10**8,),
+                       ram="256MiB")
+    a[:1000] = numpy.arange(1000)
+    a.flush()
+    print(numpy.mean(a[...]))      # streams through a 800 MB file in 256 MiB
+
+Underneath: :class:`BigArray` (an N-d array over a file handle, NumPy
+indexing semantics), and the low level that mirrors the C core:
+:class:`BigFile` (subclass it with ``loadblk``/``storeblk``), the C-backed
+:class:`MemFile` and :class:`PlainFile`, :class:`RAM`, :class:`FileH`
+(``BigFile.fileh_open()``), :class:`VMA` (``FileH.mmap()``), and
+:func:`prefault`.  Errors of the core are raised as subclasses of
+:class:`Error`.
+"""
+from . import _core
+from ._core import (  # noqa: F401  (re-exported)
+    BigFile,
+    BusyError,
+    ConflictError,
+    Error,
+    ExistsError,
+    FileH,
+    ForkedError,
+    InvalidArgument,
+    MemFile,
+    NotFoundError,
+    OutOfMemory,
+    PlainFile,
+    RAM,
+    ReadOnlyError,
+    StoreError,
+    VMA,
+    WRITEOUT_MARKSTORED,
+    WRITEOUT_STORE,
+    parse_size,
+    ram_budget_default,
+    ram_default,
+    strerror,
+)
+from . import mem  # noqa: F401
+from ._prefault import prefault  # noqa: F401
+from .bigarray import BigArray  # noqa: F401
+from ._memmap import memmap  # noqa: F401
+
+__version__ = _core.core_version
+
+__all__ = [
+    "BigArray", "memmap", "prefault", "mem",
+    "BigFile", "MemFile", "PlainFile", "RAM", "FileH", "VMA",
+    "WRITEOUT_STORE", "WRITEOUT_MARKSTORED",
+    "parse_size", "ram_default", "ram_budget_default", "strerror",
+    "Error", "InvalidArgument", "OutOfMemory", "BusyError", "ConflictError",
+    "StoreError", "ForkedError", "ReadOnlyError", "NotFoundError",
+    "ExistsError",
+]
