@@ -669,8 +669,10 @@ static int cow_page(struct oc_vma *v, struct page *p, struct maprec *rec)
 	void *bbuf = NULL;
 	int r;
 
-	/* Keep p out of reach of the reclaim get_slot may do. */
+	/* Keep p out of reach of the reclaim get_slot may do, and stop
+	 * counting it as a base block: its slot replaces it in the budget. */
 	oc_list_del(&p->lru);
+	ram->base_blocks--;
 	r = _oc_ram_get_slot(ram, &slot, &warm, &zero);
 	if (r)
 		goto fail;
@@ -704,7 +706,6 @@ static int cow_page(struct oc_vma *v, struct page *p, struct maprec *rec)
 	if (bbuf && !warm)
 		put_bounce(bbuf, ram->pagesize, tmp);
 	_oc_page_unmap_all(p);
-	ram->base_blocks--;
 	p->slot = (int64_t)slot;
 	p->state = PAGE_CLEAN;
 	r = make_dirty(p);
@@ -724,6 +725,7 @@ fail_slot:
 	ram->ram_pages--;
 	_oc_ram_put_slot(ram, slot);
 fail:
+	ram->base_blocks++;
 	lru_touch(p);
 	return r;
 }
