@@ -85,7 +85,7 @@ PC     = build/outcore.pc
 # ---- library ---------------------------------------------------------------
 
 .PHONY: all lib
-all: lib $(PC) $(EXAMPLES)
+all: lib $(PC) $(EXAMPLES) $(PYEXT)
 lib: $(LIB_A) $(LIB_SO) build/liboutcore.so
 
 build/obj/%.o: src/%.c
@@ -194,11 +194,16 @@ test-tsan: tests-tsan
 test-plain test-asan test-valgrind test-tsan:
 	bash tests/run-c-tests.sh -j $(TEST_JOBS) $(@:test-%=%)
 
-# ---- Python: the Python engineer completes this section ---------------------
-# PYEXT: the built CPython extension module (a file target with its build
-# rule, e.g. python/outcore/_outcore$(shell $(PYTHON) -c ...)).  While PYEXT
-# is empty or tests/python/ does not exist, `make pytest` says so and passes.
-PYEXT      =
+# ---- Python ----------------------------------------------------------------
+# PYEXT: the CPython extension outcore._core, built in place by setuptools
+# (setup.py compiles binding/_core.c with every src/*.c), so that
+# `import outcore` works from the repository root after `make`.
+PYEXT_SUFFIX := $(shell $(PYTHON) -c 'import sysconfig; print(sysconfig.get_config_var("EXT_SUFFIX"))' 2>/dev/null)
+PYEXT      = outcore/_core$(PYEXT_SUFFIX)
+$(PYEXT): binding/_core.c $(SRCS) $(wildcard src/*.h include/outcore/*.h) setup.py pyproject.toml
+	WERROR=$(WERROR) $(PYTHON) setup.py -q build_ext --inplace
+	@touch $@
+
 PYTEST_DIR = tests/python
 
 .PHONY: pyext pytest
@@ -230,9 +235,8 @@ bench:
 bench-c: $(BENCHES)
 	@st=0; for b in $(BENCHES); do echo "=== $$b"; $$b || { echo "=== $$b: FAIL"; st=1; }; done; exit $$st
 
-# Hook for the Python benchmarks (e.g. $(PYTHON) bench/bench_arrays.py).
-bench-python:
-	@true
+bench-python: $(PYEXT)
+	$(PYTHON) bench/bench_memmap.py
 
 # ---- install, dist, clean --------------------------------------------------
 
@@ -258,7 +262,7 @@ dist:
 	@echo "dist: build/outcore-$(VERSION).tar.gz"
 
 clean:
-	rm -rf build
+	rm -rf build outcore/_core*.so
 
 -include $(OBJS:.o=.d) $(ASAN_OBJS:.o=.d) $(TSAN_OBJS:.o=.d)
 -include $(addsuffix .d,$(PLAIN_BINS) $(ASAN_BINS) $(TSAN_BINS) $(EXAMPLES) $(BENCHES))

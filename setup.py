@@ -5,6 +5,7 @@ file of the C core (no separate liboutcore to install), with the flags the
 Makefile uses for the library.  Metadata lives in pyproject.toml.
 
     /usr/bin/python3 setup.py build_ext --inplace   # build in place (make)
+    WERROR=1 ... build_ext --inplace                # warnings are errors
     pip install .                                   # install (offline)
 """
 import glob
@@ -28,6 +29,8 @@ def _version():
 
 
 VERSION = _version()
+# WERROR=1 (as the Makefile and CI set it) turns warnings into errors.
+WERROR = ["-Werror"] if os.environ.get("WERROR") == "1" else []
 SOURCES = ["binding/_core.c"] + sorted(
     os.path.relpath(p, HERE) for p in glob.glob(os.path.join(HERE, "src", "*.c")))
 
@@ -38,7 +41,7 @@ core = Extension(
     define_macros=[("_GNU_SOURCE", None),
                    ("OUTCORE_VERSION", '"%s"' % VERSION)],
     extra_compile_args=["-std=c11", "-Wall", "-Wextra", "-fvisibility=hidden",
-                        "-Wno-missing-field-initializers"],
+                        "-Wno-missing-field-initializers"] + WERROR,
     libraries=["pthread"],
     depends=sorted(glob.glob(os.path.join(HERE, "include", "outcore", "*.h"))
                    + glob.glob(os.path.join(HERE, "src", "*.h"))),

@@ -64,6 +64,7 @@
 #include <outcore/outcore.h>
 
 #include <errno.h>
+#include <limits.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -73,6 +74,9 @@
 
 static _Thread_local int tls_explicit;     /* next callback: explicit mode */
 static _Thread_local PyObject *tls_exc_type, *tls_exc_value, *tls_exc_tb;
+/* the last block whose load failed in a fault in this thread (for retries) */
+static _Thread_local oc_file_t *tls_fail_file;
+static _Thread_local uint64_t tls_fail_blk;
 
 static void tls_exc_clear(void)
 {
@@ -456,7 +460,7 @@ static PyObject *RAM_stats(RAMObject *self, PyObject *unused)
 	if (err)
 		return raise_code(err, "RAM.stats()");
 	return Py_BuildValue(
-		"{sKsKsKsKsKsKsKsKsKsKsKsKsKsKsKsKsKsK}",
+		"{sKsKsKsKsKsKsKsKsKsKsKsKsKsKsKsKsKsKsK}",
 		"budget", (unsigned long long)st.budget,
 		"pagesize", (unsigned long long)st.pagesize,
 		"used", (unsigned long long)st.used,
@@ -470,6 +474,7 @@ static PyObject *RAM_stats(RAMObject *self, PyObject *unused)
 		"store_errors", (unsigned long long)st.store_errors,
 		"base_maps", (unsigned long long)st.base_maps,
 		"cow_copies", (unsigned long long)st.cow_copies,
+		"zero_fills", (unsigned long long)st.zero_fills,
 		"faults", (unsigned long long)st.faults,
 		"write_faults", (unsigned long long)st.write_faults,
 		"reclaims", (unsigned long long)st.reclaims,
@@ -512,7 +517,8 @@ static PyMethodDef RAM_methods[] = {
 	{"stats", (PyCFunction)RAM_stats, METH_NOARGS,
 	 "stats() -> dict\n\nCounters and gauges of this RAM: budget, pagesize, "
 	 "used, used_max, ram_pages, dirty_pages, base_blocks, loads, "
-	 "load_errors, stores, store_errors, base_maps, cow_copies, faults, "
+	 "load_errors, stores, store_errors, base_maps, cow_copies, "
+	 "zero_fills, faults, "
 	 "write_faults, reclaims, map_reclaims, overbudget."},
 	{"reclaim", (PyCFunction)RAM_reclaim, METH_VARARGS,
 	 "reclaim(n=all) -> int\n\nReclaim up to n clean pages (and "
@@ -574,19 +580,24 @@ typedef struct {
 static PyTypeObject BigFileType, MemFileType, PlainFileType;
 static PyObject *str_loadblk, *str_storeblk, *str_release, *clear_frames;
 
-/* Whether anything but the caller still holds the memoryview or an export
- * of it.  NumPy's frombuffer keeps only a reference to the memoryview (it
- * releases its buffer export at once and keeps the raw pointer), so a
- * reference count above one is as dangerous as a live export. */
+/* Whether anything but the caller still holds the memoryview or a view of
+ * its memory.  Releasing mv fails while it has exports; NumPy's frombuffer
+ * and memoryview(buf) or buf[a:b] make new memoryviews registered on mv's
+ * managed buffer instead, which mv.release() does not see: they are
+ * counted in the managed buffer's exports.  A plain reference to mv is
+ * harmless once it is released, but is refused too, to keep the rule
+ * simple ("keep nothing of buf").  The managed buffer's layout is
+ * CPython's (memoryobject.h, stable since 3.3). */
 static int view_held(PyObject *mv)
 {
+	_PyManagedBufferObject *mbuf = ((PyMemoryViewObject *)mv)->mbuf;
 	PyObject *r = PyObject_CallMethodNoArgs(mv, str_release);
 	if (!r) {
 		PyErr_Clear(); /* BufferError: exports alive */
 		return 1;
 	}
 	Py_DECREF(r);
-	return Py_REFCNT(mv) > 1;
+	return Py_REFCNT(mv) > 1 || (mbuf && mbuf->exports > 0);
 }
 
 /* Release the memoryview handed to a callback; see the file comment. */
@@ -656,18 +667,38 @@ static int pyfile_op(oc_file_t *f, uint64_t blk, void *buf, int store)
 			PyException_SetTraceback(ev, etb);
 	}
 	Py_XDECREF(res);
+	if (!err && tls_fail_file == f && tls_fail_blk == blk)
+		tls_fail_file = NULL;
 
 	if (err && !explicit) {
 		/* Inside a page fault: nobody can catch it.  Print now, while
-		 * the frames are intact; the core retries, then stops. */
-		fprintf(stderr,
-			"outcore: exception in %s.%s(blk=%llu) during a page "
-			"fault (file '%s'):\n",
-			Py_TYPE(self)->tp_name, opname,
-			(unsigned long long)blk, f->name);
-		fflush(stderr);
-		if (et)
-			PyErr_Display(et, ev, etb);
+		 * the frames are intact; the core retries, then stops.  The
+		 * retries of the same block print one line each. */
+		if (tls_fail_file == f && tls_fail_blk == blk) {
+			PyObject *s = ev ? PyObject_Str(ev) : NULL;
+			fprintf(stderr,
+				"outcore: %s.%s(blk=%llu) failed again: %s: "
+				"%s\n", Py_TYPE(self)->tp_name, opname,
+				(unsigned long long)blk,
+				et ? ((PyTypeObject *)et)->tp_name : "?",
+				s ? PyUnicode_AsUTF8(s) : "?");
+			Py_XDECREF(s);
+			PyErr_Clear();
+			fflush(stderr);
+		} else {
+			fprintf(stderr,
+				"outcore: exception in %s.%s(blk=%llu) during "
+				"a page fault (file '%s'); it cannot be raised "
+				"where the memory was touched (use "
+				"outcore.prefault() or FileH.load() for "
+				"that):\n", Py_TYPE(self)->tp_name, opname,
+				(unsigned long long)blk, f->name);
+			fflush(stderr);
+			if (et)
+				PyErr_Display(et, ev, etb);
+		}
+		tls_fail_file = f;
+		tls_fail_blk = blk;
 		PyObject *se = PySys_GetObject("stderr");
 		if (se && se != Py_None) {
 			PyObject *r = PyObject_CallMethod(se, "flush", NULL);
@@ -676,8 +707,12 @@ static int pyfile_op(oc_file_t *f, uint64_t blk, void *buf, int store)
 		}
 	}
 	if (mv) {
+		/* keep the managed buffer alive for view_held() */
+		PyObject *mbuf = (PyObject *)((PyMemoryViewObject *)mv)->mbuf;
+		Py_XINCREF(mbuf);
 		release_view(mv, ev, self, opname, blk);
 		Py_DECREF(mv);
+		Py_XDECREF(mbuf);
 	}
 	if (err && explicit && et && !tls_exc_type) {
 		tls_exc_type = et;
@@ -1690,10 +1725,12 @@ static PyObject *mod_parse_size(PyObject *m, PyObject *arg)
 static PyObject *mod_strerror(PyObject *m, PyObject *arg)
 {
 	(void)m;
-	int code = _PyLong_AsInt(arg);
+	long code = PyLong_AsLong(arg);
 	if (code == -1 && PyErr_Occurred())
 		return NULL;
-	return PyUnicode_FromString(oc_strerror(code));
+	if (code < INT_MIN || code > INT_MAX)
+		return PyUnicode_FromString(oc_strerror(-EINVAL));
+	return PyUnicode_FromString(oc_strerror((int)code));
 }
 
 static PyObject *mod_ram_default(PyObject *m, PyObject *args)

@@ -127,22 +127,22 @@ class memmap(BigArray):
     def close(self):
         """Flush (modes "r+"/"w+") and close.  Idempotent.
 
-        Views taken before stay valid (they keep their mapping and the
+        If flushing fails the exception is raised and the memmap stays
+        open with its changes (retry, or drop it to discard them).  Views
+        taken before stay valid (they keep their mapping and the
         handle alive); changes made through them after close() never reach
         the file.
         """
         if self._closed:
             return
+        self.flush()   # if it fails, stay open: the changes are still here
+        self._closed = True
+        self._whole = None
+        self._vma = None
         try:
-            self.flush()
-        finally:
-            self._closed = True
-            self._whole = None
-            self._vma = None
-            try:
-                self._fileh.close()
-            except _core.BusyError:
-                pass  # views are alive: the handle closes with the last one
+            self._fileh.close()
+        except _core.BusyError:
+            pass  # views are alive: the handle closes with the last one
 
     @property
     def closed(self):

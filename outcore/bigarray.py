@@ -309,6 +309,9 @@ class BigArray:
         used = sum(consumes(e) for e in items)
         if sum(1 for e in items if e is Ellipsis) > 1:
             return None
+        if self._order == "F" and used < ndim and \
+                not any(e is Ellipsis for e in items):
+            return None  # the last (major) axis is an implicit ":"
         order = range(len(items)) if self._order == "C" \
             else range(len(items) - 1, -1, -1)
         pos = None

@@ -3,7 +3,7 @@ import gc
 
 import numpy
 import pytest
-from hypothesis import assume, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import outcore
@@ -95,8 +95,7 @@ def indices(draw, shape, advanced=True):
         else:
             items.append(draw(basic_entry(n)))
     if use_ellipsis:
-        items.insert(len([a for a in axes if a < k and axes.index(a) < p])
-                     if False else p, Ellipsis)
+        items.insert(p, Ellipsis)
     for _ in range(draw(st.integers(0, 2))):
         items.insert(draw(st.integers(0, len(items))), None)
     if len(items) == 1 and draw(st.booleans()):
@@ -105,6 +104,7 @@ def indices(draw, shape, advanced=True):
 
 
 def check_get(A, ref, idx):
+    """A[idx] gives what ref[idx] gives; None when both raise IndexError."""
     try:
         exp = ref[idx]
     except IndexError:
@@ -115,18 +115,14 @@ def check_get(A, ref, idx):
     same(got, exp)
     if isinstance(exp, numpy.ndarray):
         assert type(got) is numpy.ndarray
-        # a view for basic indexing, a copy for advanced: as NumPy
-        assert (exp.base is not None and numpy.shares_memory(exp, ref)) == \
-            (got.base is not None and got.size > 0 and
-             numpy.shares_memory(got, A[...]) or
-             (A._partial and exp.base is not None and exp.size > 0 and
-              numpy.shares_memory(exp, ref))) or exp.size == 0
+    else:
+        assert type(got) is type(exp)          # a NumPy scalar
     return got, exp
 
 
 # ---- property tests ----------------------------------------------------------
 
-@settings(max_examples=150)
+@settings(max_examples=1000)
 @given(shape=shapes(), dtype=st.sampled_from(DTYPES),
        order=st.sampled_from("CF"), partial=st.booleans(), data=st.data())
 def test_getitem_like_numpy(shape, dtype, order, partial, data):
@@ -137,17 +133,19 @@ def test_getitem_like_numpy(shape, dtype, order, partial, data):
         if r is None:
             continue
         got, exp = r
-        # views alias: a write through the view shows in the array
-        if isinstance(exp, numpy.ndarray) and exp.size and \
-                exp.base is not None and numpy.shares_memory(exp, ref):
-            fill = numpy.frombuffer(
-                bytes([0xA5]) * exp.dtype.itemsize, exp.dtype)[0]
-            got[...] = fill
-            exp[...] = fill
-            same(A[...], ref)
+        if not isinstance(exp, numpy.ndarray) or exp.size == 0:
+            continue
+        # a view for basic indexing, a copy for advanced: as NumPy.  A
+        # write through the result shows in the array exactly when it
+        # does in NumPy.
+        fill = numpy.frombuffer(bytes([0xA5]) * exp.dtype.itemsize,
+                                exp.dtype)[0]
+        got[...] = fill
+        exp[...] = fill
+        same(A[...], ref)
 
 
-@settings(max_examples=150)
+@settings(max_examples=1000)
 @given(shape=shapes(), dtype=st.sampled_from(DTYPES),
        order=st.sampled_from("CF"), partial=st.booleans(), data=st.data())
 def test_setitem_like_numpy(shape, dtype, order, partial, data):
@@ -313,8 +311,8 @@ def test_larger_than_address_space():
     assert A[0] == 0 and A[-1] == 0
     A[2 ** 49 + 3] = 5
     assert A[2 ** 49 + 3] == 5
-    same(A[2 ** 49: 2 ** 49 + 10], [0, 0, 0, 5, 0, 0, 0, 0, 0, 0])
-    same(A[2 ** 49 + 10: 2 ** 49 - 1: -3], [0, 0, 0, 5])
+    same(A[2 ** 49: 2 ** 49 + 10], numpy.array([0, 0, 0, 5, 0, 0, 0, 0, 0, 0], "u1"))
+    same(A[2 ** 49 + 9: 2 ** 49 - 1: -3], numpy.array([0, 0, 5, 0], "u1"))
     assert fh.dirty_pages() == [2 ** 49 // PS]
     with pytest.raises(IndexError):
         A[2 ** 50]
@@ -419,18 +417,21 @@ def test_append_rollback_on_failed_assignment():
 @pytest.mark.parametrize("order", "CF")
 def test_chunks(order):
     shape = (1000, 100) if order == "C" else (100, 1000)
-    A, ref = new(shape, "<f4", order)
+    A, ref = new(shape, "<i4", order)
     seen = []
-    for sl, v in A.chunks(max_bytes=5 * PS):
+    for sl, v in A.chunks(max_bytes=32 * PS):
         seen.append(sl)
         idx = (sl,) if order == "C" else (Ellipsis, sl)
         same(v, ref[idx])
-        assert v.nbytes <= 5 * PS
-        assert v.nbytes % PS == 0 or sl.stop == 1000
+        assert v.nbytes <= 32 * PS
+        assert v.nbytes % PS == 0 or sl.stop == 1000   # whole blocks
+    assert len(seen) == 4                              # 256 rows = 25 blocks
+    small = list(A.chunks(max_bytes=5 * PS))       # no whole-block fit:
+    assert all(v.nbytes <= 5 * PS for _, v in small)   # just the size
     assert seen[0].start == 0 and seen[-1].stop == 1000
     assert all(a.stop == b.start for a, b in zip(seen, seen[1:]))
-    total = sum(v.sum(dtype="<f8") for _, v in A.chunks())
-    assert numpy.isclose(total, ref.sum(dtype="<f8"))
+    total = sum(int(v.sum(dtype="<i8")) for _, v in A.chunks())
+    assert total == int(ref.sum(dtype="<i8"))
 
 
 def test_chunks_of_rows_larger_than_max():

@@ -279,3 +279,27 @@ def test_fork_child_gets_forked_error(ram4k):
     _, status = os.waitpid(pid, 0)
     assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
     assert a[0] == 1
+
+
+def test_transient_loadblk_failure_in_fault_is_retried():
+    r = run_child("""
+        import numpy, outcore
+
+        class Flaky(outcore.BigFile):
+            fails = 2
+
+            def loadblk(self, blk, buf):
+                if self.fails:
+                    self.fails -= 1
+                    raise TimeoutError("slow storage")
+                outcore.mem.memset(buf, 7)
+
+        fh = Flaky(4096).fileh_open(outcore.RAM(4096))
+        a = numpy.frombuffer(fh.mmap(0, 2), numpy.uint8)
+        print("value", a[4096 + 3])
+        """)
+    assert r.returncode == 0, r.stderr
+    assert "value 7" in r.stdout
+    assert r.stderr.count("Traceback") == 1
+    assert "TimeoutError: slow storage" in r.stderr
+    assert "failed again" in r.stderr
