@@ -729,7 +729,7 @@ static struct rd_out section_read(const char *title, size_t bs, size_t len, bool
 		if (r.ram_big && oc_fileh_open(&r.fh_big, r.mf, r.ram_big) < 0)
 			r.fh_big = NULL;
 		if (with_small) {
-			r.ram_small = ram_make(bs, r.budget_small, OC_RAM_MEMFD);
+			r.ram_small = ram_make(bs, r.budget_small, hugetlb ? OC_RAM_HUGETLB : OC_RAM_MEMFD);
 			if (r.ram_small && oc_fileh_open(&r.fh_small, r.mf, r.ram_small) < 0)
 				r.fh_small = NULL;
 		}
@@ -1359,15 +1359,19 @@ int main(void)
 		printf("\n== (h) huge pages: HugePages_Free = %ld\n", hp_free);
 		if (hp_free >= 600) {
 			/* outcore's RAM and the reference pool each need the data */
-			size_t len = (size_t)(hp_free - 32) / 2 * 2 * MiB;
+			/* ... and the recycling RAM its budget (below 160 pages) */
+			size_t len = (size_t)(hp_free - 32 - 160) / 2 * 2 * MiB;
 			struct rd_out o;
 			if (len > g_data)
 				len = g_data;
-			o = section_read("(h) read faults, in-RAM copying file", 2 * MiB, len, true, false);
+			o = section_read("(h) read faults, in-RAM copying file", 2 * MiB, len, true, true);
 			if (o.oc_big > 0 && o.memcpy_only > 0)
-				target(o.oc_big / o.memcpy_only <= 1.5 && o.ok,
-				       "(h) hugetlb: whole read fault %.1f us / memcpy of the block %.1f us = %.2f (target <= 1.5)",
+				printf("INFO (h) hugetlb, fresh pages (budget >= data): whole read fault %.1f us / memcpy of the block %.1f us = %.2f\n",
 				       o.oc_big, o.memcpy_only, o.oc_big / o.memcpy_only);
+			if (o.oc_small > 0 && o.memcpy_only > 0)
+				target(o.oc_small / o.memcpy_only <= 1.5 && o.ok,
+				       "(h) hugetlb, recycling budget: whole read fault %.1f us / memcpy of the block %.1f us = %.2f (target <= 1.5)",
+				       o.oc_small, o.memcpy_only, o.oc_small / o.memcpy_only);
 			else
 				target_na("(h) hugetlb read fault: a contender failed");
 			read_targets("(h) hugetlb 2 MiB", &o, false);

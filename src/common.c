@@ -23,7 +23,7 @@ const char *oc_strerror(int err)
 {
 	switch (err) {
 	case 0: return "success";
-	case OC_ENOHUGE: return "no huge pages reserved (vm.nr_hugepages), or the page size is not a multiple of the huge page size";
+	case OC_ENOHUGE: return "no free huge pages (reserve them with vm.nr_hugepages), or the page size is not a multiple of the huge page size";
 	case OC_EMAPLIMIT: return "kernel mapping limit reached (vm.max_map_count)";
 	case OC_EFORKED: return "object inherited across fork(): open it anew in this process";
 	case OC_EBLKSIZE: return "file block size differs from the RAM page size";

@@ -100,7 +100,11 @@ int _oc_os_map_fixed(void *addr, size_t len, int prot, int fd, uint64_t off,
 		     bool populate)
 {
 	SAVE_ERRNO;
-	int flags = MAP_SHARED | MAP_FIXED | (populate ? MAP_POPULATE : 0);
+	/* MAP_NORESERVE: hugetlb memory would otherwise reserve huge pages
+	 * for the whole range at mmap time; the RAM allocates each page
+	 * (fallocate) before use, which fails cleanly instead. */
+	int flags = MAP_SHARED | MAP_FIXED | MAP_NORESERVE |
+		    (populate ? MAP_POPULATE : 0);
 	void *p = mmap(addr, len, prot, flags, fd, (off_t)off);
 	if (p == MAP_FAILED)
 		RET(-errno);

@@ -315,6 +315,89 @@ static void test_kinds(void)
 	}
 }
 
+static long read_long(const char *path)
+{
+	FILE *f = fopen(path, "r");
+	long v = -1;
+	if (f) {
+		if (fscanf(f, "%ld", &v) != 1)
+			v = -1;
+		fclose(f);
+	}
+	return v;
+}
+
+static int write_long(const char *path, long v)
+{
+	FILE *f = fopen(path, "w");
+	int ok;
+	if (!f)
+		return -1;
+	ok = fprintf(f, "%ld\n", v) > 0;
+	return (fclose(f) == 0 && ok) ? 0 : -1;
+}
+
+/* hugetlb memory in use: load, alias, write out, reload, and a clean error
+ * when the huge pages run out.  Needs reserved huge pages: as root with
+ * none reserved, reserve 8 for the test and give them back after. */
+static void test_hugetlb(void)
+{
+	const char *knob = "/proc/sys/vm/nr_hugepages";
+	long before = read_long(knob), have;
+	oc_ram_t *ram = NULL;
+	oc_fileh_t *fh = NULL;
+	oc_vma_t *v = NULL;
+	tfile_t tf;
+	size_t ps = 2 * MiB;
+	int r, ok;
+
+	printf("# hugetlb pages in use\n");
+	if (before == 0 && geteuid() == 0)
+		write_long(knob, 8);
+	have = tf_proc_kb("/proc/meminfo", "HugePages_Free");
+	if (have < 6) {
+		printf("# skipped: no free huge pages (HugePages_Free %ld) and "
+		       "cannot reserve any (not root)\n", have);
+		goto out;
+	}
+	/* A budget bigger than the huge pages there are. */
+	r = new_ram(&ram, OC_RAM_OPTS_VERSION, OC_RAM_HUGETLB, ps,
+		    (uint64_t)(have + 8) * ps, NULL);
+	CHECK_EQ(r, 0, "hugetlb RAM");
+	if (!ram)
+		goto out;
+	aliasing_on(ram, "hugetlb 2M");
+	tfile_init(&tf, ps, "thuge");
+	CHECK_EQ(oc_fileh_open(&fh, &tf.file, ram), 0, "open");
+	CHECK_EQ(oc_fileh_mmap(fh, 0, (uint64_t)have + 8, &v), 0, "mmap");
+	if (!v)
+		goto close;
+	for (int i = 0; i < 3; i++)
+		*tf_at(oc_vma_addr(v), ps, i, 7) = 0xabc0 + i;
+	CHECK_EQ(oc_fileh_writeout(fh, OC_WRITEOUT_STORE | OC_WRITEOUT_MARKSTORED),
+		 0, "writeout from hugetlb pages");
+	CHECK_EQ(TF_GET(&tf.nstores), 3, "3 stores");
+	CHECK_EQ(oc_ram_reclaim(ram, 100), 3, "reclaim the 3 clean pages");
+	ok = 1;
+	for (int i = 0; i < 3; i++)
+		ok &= *tf_at(oc_vma_addr(v), ps, i, 7) == (uint64_t)(0xabc0 + i) &&
+		      *tf_at(oc_vma_addr(v), ps, i, 8) == tf_word(i, 8);
+	CHECK(ok, "reloaded into hugetlb pages: the stored data");
+	/* Loading more blocks than there are huge pages: a clean error. */
+	r = oc_fileh_load(fh, 0, (uint64_t)have + 8);
+	CHECK(r == OC_ENOHUGE || r == -ENOMEM || r == -ENOSPC,
+	      "more blocks than huge pages: a clean error, no crash (%d: %s)", r,
+	      oc_strerror(r));
+	CHECK_EQ(oc_vma_unmap(v), 0, "unmap");
+close:
+	CHECK_EQ(oc_fileh_close(fh), 0, "close");
+	oc_file_put(&tf.file);
+	CHECK_EQ(oc_ram_close(ram), 0, "close RAM");
+out:
+	if (before == 0 && geteuid() == 0)
+		write_long(knob, 0);
+}
+
 /* Pages freed by reclaim, discard and close leave the process. */
 static void test_freed(void)
 {
@@ -399,6 +482,7 @@ int main(void)
 	test_budget();
 	test_parse_size();
 	test_kinds();
+	test_hugetlb();
 	test_freed();
 	return check_done();
 }
