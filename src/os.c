@@ -130,44 +130,35 @@ int _oc_os_punch(int fd, uint64_t off, size_t len)
 	RET(0);
 }
 
-int _oc_os_pwrite_all(int fd, const void *buf, size_t len, uint64_t off)
+/* pread or pwrite all of len bytes, resuming after EINTR and short counts. */
+static int rw_all(int fd, char *buf, size_t len, uint64_t off, bool write)
 {
 	SAVE_ERRNO;
-	const char *b = buf;
 	while (len) {
-		ssize_t w = pwrite(fd, b, len, (off_t)off);
-		if (w < 0) {
+		ssize_t n = write ? pwrite(fd, buf, len, (off_t)off)
+				  : pread(fd, buf, len, (off_t)off);
+		if (n < 0) {
 			if (errno == EINTR)
 				continue;
 			RET(-errno);
 		}
-		if (w == 0)
+		if (n == 0)
 			RET(-EIO);
-		b += w;
-		len -= (size_t)w;
-		off += (uint64_t)w;
+		buf += n;
+		len -= (size_t)n;
+		off += (uint64_t)n;
 	}
 	RET(0);
 }
 
+int _oc_os_pwrite_all(int fd, const void *buf, size_t len, uint64_t off)
+{
+	return rw_all(fd, (char *)buf, len, off, true);
+}
+
 int _oc_os_pread_all(int fd, void *buf, size_t len, uint64_t off)
 {
-	SAVE_ERRNO;
-	char *b = buf;
-	while (len) {
-		ssize_t r = pread(fd, b, len, (off_t)off);
-		if (r < 0) {
-			if (errno == EINTR)
-				continue;
-			RET(-errno);
-		}
-		if (r == 0)
-			RET(-EIO);
-		b += r;
-		len -= (size_t)r;
-		off += (uint64_t)r;
-	}
-	RET(0);
+	return rw_all(fd, buf, len, off, false);
 }
 
 long _oc_os_max_map_count(void)

@@ -1056,6 +1056,19 @@ void *oc_vma_user(const oc_vma_t *v)
 
 /* ---- writeout, discard, invalidate ------------------------------------- */
 
+/* Take the lock for a call that needs the handle alive in this process
+ * and not being written out.  Returns 0, OC_EFORKED or -EBUSY; the lock is
+ * held in every case. */
+static int lock_idle(oc_fileh_t *fh)
+{
+	_oc_lock();
+	if (fh->gen != _oc_gen)
+		return OC_EFORKED;
+	if (fh->writeout)
+		return -EBUSY;
+	return 0;
+}
+
 int oc_fileh_writeout(oc_fileh_t *fh, int flags)
 {
 	oc_file_t *file;
@@ -1068,15 +1081,9 @@ int oc_fileh_writeout(oc_fileh_t *fh, int flags)
 		return -EINVAL;
 	file = fh->file;
 	ram = fh->ram;
-	_oc_lock();
-	if (fh->gen != _oc_gen) {
-		err = OC_EFORKED;
+	err = lock_idle(fh);
+	if (err)
 		goto out;
-	}
-	if (fh->writeout) {
-		err = -EBUSY;
-		goto out;
-	}
 	if ((flags & OC_WRITEOUT_STORE) && !file->ops->storeblk) {
 		err = -EROFS;
 		goto out;
@@ -1147,15 +1154,9 @@ int oc_fileh_discard(oc_fileh_t *fh)
 
 	if (!fh)
 		return -EINVAL;
-	_oc_lock();
-	if (fh->gen != _oc_gen) {
-		err = OC_EFORKED;
+	err = lock_idle(fh);
+	if (err)
 		goto out;
-	}
-	if (fh->writeout) {
-		err = -EBUSY;
-		goto out;
-	}
 	for (k = 0; (p = oc_pagemap_next(&fh->dirty, &k)); k++) {
 		_oc_page_drop(p, false);
 		if (k == UINT64_MAX)
@@ -1174,15 +1175,9 @@ int oc_fileh_invalidate(oc_fileh_t *fh, uint64_t blk)
 
 	if (!fh)
 		return -EINVAL;
-	_oc_lock();
-	if (fh->gen != _oc_gen) {
-		err = OC_EFORKED;
+	err = lock_idle(fh);
+	if (err)
 		goto out;
-	}
-	if (fh->writeout) {
-		err = -EBUSY;
-		goto out;
-	}
 	p = oc_pagemap_get(&fh->pages, blk);
 	if (!p)
 		goto out;
