@@ -61,13 +61,13 @@ static void chain(int sig, siginfo_t *si, void *uc)
 {
 	struct sigaction sa;
 
-	if ((prev.sa_flags & SA_SIGINFO) && prev.sa_sigaction) {
-		prev.sa_sigaction(sig, si, uc);
-		return;
-	}
-	if (!(prev.sa_flags & SA_SIGINFO) && prev.sa_handler != SIG_DFL &&
-	    prev.sa_handler != SIG_IGN) {
-		prev.sa_handler(sig);
+	/* sa_handler and sa_sigaction share storage: SIG_DFL and SIG_IGN
+	 * are never functions, whatever the flags say. */
+	if (prev.sa_handler != SIG_DFL && prev.sa_handler != SIG_IGN) {
+		if (prev.sa_flags & SA_SIGINFO)
+			prev.sa_sigaction(sig, si, uc);
+		else
+			prev.sa_handler(sig);
 		return;
 	}
 	/* No handler before us: the default action, at the faulting
