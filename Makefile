@@ -38,7 +38,7 @@ DESTDIR      ?=
 CFLAGS   ?= -O2 -g
 LDFLAGS  ?=
 # Libraries liboutcore needs (storage engines add theirs here: -llmdb ...).
-LIBS      = -lpthread
+LIBS      = -lpthread -llmdb -lxxhash
 
 WARNINGS  = -Wall -Wextra $(if $(filter 1,$(WERROR)),-Werror)
 OC_CFLAGS = -std=c11 -D_GNU_SOURCE $(WARNINGS) -fPIC -fvisibility=hidden \

@@ -42,7 +42,7 @@ core = Extension(
                    ("OUTCORE_VERSION", '"%s"' % VERSION)],
     extra_compile_args=["-std=c11", "-Wall", "-Wextra", "-fvisibility=hidden",
                         "-Wno-missing-field-initializers"] + WERROR,
-    libraries=["pthread"],
+    libraries=["pthread", "lmdb", "xxhash"],
     depends=sorted(glob.glob(os.path.join(HERE, "include", "outcore", "*.h"))
                    + glob.glob(os.path.join(HERE, "src", "*.h"))),
 )

@@ -10,6 +10,7 @@
  *   file.h     the file interface (loadblk/storeblk/mapblk) and the
  *              backends that come with the library (in-RAM, plain file)
  *   virtmem.h  file handles, mappings, page faults, writeout, prefault
+ *   store.h    transactional stores of named arrays (commit, abort)
  */
 #ifndef OUTCORE_OUTCORE_H
 #define OUTCORE_OUTCORE_H
@@ -19,5 +20,6 @@
 #include <outcore/ram.h>
 #include <outcore/file.h>
 #include <outcore/virtmem.h>
+#include <outcore/store.h>
 
 #endif

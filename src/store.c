@@ -1,0 +1,815 @@
+/* outcore: out-of-core arrays on a userspace virtual memory manager.
+ * Copyright (C) 2026 the outcore developers.
+ * SPDX-License-Identifier: GPL-3.0-or-later WITH outcore-OSI-exception
+ *
+ * store.c: the generic store layer (see store.h): arrays, their files and
+ * handles, local metadata changes, commit / abort over an engine
+ * (store_engine.h).
+ *
+ * Arrays this store object has touched are kept in a list of sarray
+ * records.  A record is either live (visible in this transaction: committed
+ * and unchanged, committed with local changes, created locally, or deleted
+ * locally) or gone (deleted and committed, created and aborted, deleted by
+ * another process): a gone record is kept only for its handle, which the
+ * store owns until close, and reads as zeros.  Names are matched only
+ * against live, not locally deleted records; a name no record has is
+ * looked up in the engine's snapshot.
+ *
+ * Each sarray embeds the oc_file_t of its handle: loadblk/mapblk read the
+ * engine's snapshot through the array's committed id (0: nothing stored:
+ * zeros); storeblk hands blocks to the engine's write transaction and works
+ * only inside oc_store_commit.
+ */
+#include "internal.h"
+#include "store_engine.h"
+
+#include <errno.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+struct sarray {
+	oc_file_t file;        /* first: the handle's file */
+	oc_store_t *st;
+	struct sarray *next;
+	char *name;
+	uint64_t id;           /* committed id (atomic: read by loads) */
+	uint64_t new_id;       /* assigned during a commit */
+	oc_array_meta_t meta;  /* as this transaction sees it */
+	bool created, deleted, meta_dirty, gone, meta_stale;
+	oc_fileh_t *fh;
+};
+
+struct oc_store {
+	const oc_store_engine_ops_t *ops;
+	void *eng;
+	oc_ram_t *ram;
+	int flags;
+	pid_t pid;
+	dev_t dev;
+	ino_t ino;
+	struct sarray *arrays;
+	struct sarray *committing; /* whose writeout runs now */
+	bool failed;
+	uint64_t n_commits, n_aborts, n_failed, n_conflicts, n_invalidated;
+	struct oc_store *next_open;
+};
+
+/* The stores open in this process, to refuse a second open. */
+static pthread_mutex_t open_mu = PTHREAD_MUTEX_INITIALIZER;
+static struct oc_store *open_stores;
+
+void oc_array_meta_clear(oc_array_meta_t *m)
+{
+	if (!m)
+		return;
+	free(m->dtype);
+	free(m->attrs);
+	m->dtype = m->attrs = NULL;
+}
+
+static int meta_copy(oc_array_meta_t *dst, const oc_array_meta_t *src)
+{
+	oc_array_meta_t m = *src;
+
+	m.dtype = strdup(src->dtype);
+	m.attrs = strdup(src->attrs ? src->attrs : "{}");
+	if (!m.dtype || !m.attrs) {
+		oc_array_meta_clear(&m);
+		return -ENOMEM;
+	}
+	*dst = m;
+	return 0;
+}
+
+static int check_name(const char *name)
+{
+	size_t n;
+
+	if (!name)
+		return -EINVAL;
+	n = strlen(name);
+	if (n == 0 || n > OC_STORE_NAME_MAX)
+		return -EINVAL;
+	for (size_t i = 0; i < n; i++)
+		if ((unsigned char)name[i] < 0x20 || name[i] == 0x7f)
+			return -EINVAL;
+	return 0;
+}
+
+static int check_meta(const oc_array_meta_t *m)
+{
+	size_t n;
+
+	if (!m || m->ndim > OC_STORE_MAXDIM || !m->dtype)
+		return -EINVAL;
+	n = strnlen(m->dtype, OC_STORE_DTYPE_MAX + 1);
+	if (n == 0 || n > OC_STORE_DTYPE_MAX)
+		return -EINVAL;
+	if (m->attrs && strnlen(m->attrs, OC_STORE_ATTRS_MAX + 1) > OC_STORE_ATTRS_MAX)
+		return -EINVAL;
+	if (m->order != 'C' && m->order != 'F')
+		return -EINVAL;
+	if (m->blksize < 4096 || (m->blksize & (m->blksize - 1)))
+		return -EINVAL;
+	for (unsigned i = 0; i < m->ndim; i++)
+		if (m->shape[i] > INT64_MAX)
+			return -EINVAL;
+	return 0;
+}
+
+static bool forked(const oc_store_t *st)
+{
+	return st->pid != getpid();
+}
+
+/* ---- the arrays' file ---------------------------------------------------- */
+
+static uint64_t sa_id(struct sarray *sa)
+{
+	return __atomic_load_n(&sa->id, __ATOMIC_ACQUIRE);
+}
+
+static void corrupt_msg(struct sarray *sa, uint64_t blk)
+{
+	_oc_msg("outcore: store: array '%s' block %llu: checksum mismatch: "
+		"the stored data is corrupt\n",
+		sa->name, (unsigned long long)blk);
+}
+
+static int sa_loadblk(oc_file_t *f, uint64_t blk, void *buf)
+{
+	struct sarray *sa = (struct sarray *)f;
+	oc_store_t *st = sa->st;
+	uint64_t id = sa_id(sa);
+	int err;
+
+	if (!id) {
+		memset(buf, 0, f->blksize);
+		return 0;
+	}
+	err = st->ops->blk_load(st->eng, id, blk, f->blksize,
+				!(st->flags & OC_STORE_NOVERIFY), buf);
+	if (err == OC_ECORRUPT)
+		corrupt_msg(sa, blk);
+	return err;
+}
+
+static int sa_mapblk(oc_file_t *f, uint64_t blk, int *fd, uint64_t *off)
+{
+	struct sarray *sa = (struct sarray *)f;
+	oc_store_t *st = sa->st;
+	uint64_t id = sa_id(sa);
+	int err;
+
+	if (!id)
+		return OC_ZEROBLK;
+	if (st->flags & OC_STORE_NOMAP)
+		return OC_NOMAP;
+	err = st->ops->blk_map(st->eng, id, blk, f->blksize,
+			       !(st->flags & OC_STORE_NOVERIFY), fd, off);
+	if (err == OC_ECORRUPT)
+		corrupt_msg(sa, blk);
+	return err;
+}
+
+static int sa_storeblk(oc_file_t *f, uint64_t blk, const void *buf)
+{
+	struct sarray *sa = (struct sarray *)f;
+	oc_store_t *st = sa->st;
+
+	if (st->committing != sa)
+		return -EPERM; /* only oc_store_commit writes */
+	return st->ops->txn_block(st->eng, sa->id ? sa->id : sa->new_id, blk,
+				  f->blksize, buf);
+}
+
+static void sa_release(oc_file_t *f)
+{
+	struct sarray *sa = (struct sarray *)f;
+
+	oc_array_meta_clear(&sa->meta);
+	free(sa->name);
+	free(sa);
+}
+
+static const oc_file_ops_t sa_ops = {
+	.version = OC_FILE_OPS_VERSION,
+	.loadblk = sa_loadblk,
+	.storeblk = sa_storeblk,
+	.release = sa_release,
+	.mapblk = sa_mapblk,
+};
+
+/* A new record (one file reference: the store's). */
+static int sa_new(oc_store_t *st, const char *name, const oc_array_meta_t *meta,
+		  uint64_t id, struct sarray **out)
+{
+	struct sarray *sa = calloc(1, sizeof *sa);
+	int err;
+
+	if (!sa)
+		return -ENOMEM;
+	sa->name = strdup(name);
+	if (!sa->name) {
+		free(sa);
+		return -ENOMEM;
+	}
+	err = meta_copy(&sa->meta, meta);
+	if (!err)
+		err = oc_file_init(&sa->file, &sa_ops, (size_t)meta->blksize, name);
+	if (err) {
+		oc_array_meta_clear(&sa->meta);
+		free(sa->name);
+		free(sa);
+		return err;
+	}
+	sa->st = st;
+	sa->id = id;
+	sa->next = st->arrays;
+	st->arrays = sa;
+	*out = sa;
+	return 0;
+}
+
+/* Drop every cached page of a handle (the array is gone). */
+static void invalidate_all(struct sarray *sa)
+{
+	uint64_t *blks = NULL, n = 0, cap = 0, k;
+
+	if (!sa->fh)
+		return;
+	_oc_lock();
+	for (k = 0; oc_pagemap_next(&sa->fh->pages, &k); k++) {
+		if (n == cap) {
+			uint64_t *nb = realloc(blks, (cap = cap * 2 + 64) * sizeof *nb);
+			if (!nb)
+				break;
+			blks = nb;
+		}
+		blks[n++] = k;
+	}
+	_oc_unlock();
+	for (k = 0; k < n; k++)
+		oc_fileh_invalidate(sa->fh, blks[k]);
+	free(blks);
+}
+
+/* The live record of name: 0 and *out; OC_ENOTFOUND (also when deleted in
+ * this transaction); or an engine error. */
+static int lookup(oc_store_t *st, const char *name, struct sarray **out)
+{
+	struct sarray *sa, *deleted = NULL;
+	oc_array_meta_t meta;
+	uint64_t id;
+	int err;
+
+	for (sa = st->arrays; sa; sa = sa->next) {
+		if (sa->gone || strcmp(sa->name, name))
+			continue;
+		if (!sa->deleted) {
+			*out = sa;
+			return 0;
+		}
+		deleted = sa;
+	}
+	if (deleted)
+		return OC_ENOTFOUND;
+	err = st->ops->array_get(st->eng, name, &id, &meta);
+	if (err)
+		return err;
+	err = sa_new(st, name, &meta, id, out);
+	oc_array_meta_clear(&meta);
+	return err;
+}
+
+static int usable(oc_store_t *st)
+{
+	if (!st)
+		return -EINVAL;
+	if (forked(st))
+		return OC_EFORKED;
+	if (st->failed)
+		return OC_EFAILED;
+	return 0;
+}
+
+static int writable(oc_store_t *st)
+{
+	int err = usable(st);
+	if (!err && (st->flags & OC_STORE_RDONLY))
+		err = OC_EREADONLY;
+	return err;
+}
+
+/* ---- open / close ---------------------------------------------------------- */
+
+int oc_store_open(oc_store_t **out, const char *path, int flags, oc_ram_t *ram)
+{
+	oc_store_t *st, *o;
+	struct stat sb;
+	int err;
+
+	if (!out || !path ||
+	    (flags & ~(OC_STORE_RDONLY | OC_STORE_CREATE | OC_STORE_NOVERIFY |
+		       OC_STORE_NOMAP)) ||
+	    ((flags & OC_STORE_RDONLY) && (flags & OC_STORE_CREATE)))
+		return -EINVAL;
+	if (!ram) {
+		err = oc_ram_default(OC_PAGESIZE_DEFAULT, &ram);
+		if (err)
+			return err;
+	}
+	st = calloc(1, sizeof *st);
+	if (!st)
+		return -ENOMEM;
+	st->ops = &_oc_store_lmdb;
+	st->ram = ram;
+	st->flags = flags;
+	st->pid = getpid();
+
+	pthread_mutex_lock(&open_mu);
+	if (!stat(path, &sb)) {
+		for (o = open_stores; o; o = o->next_open)
+			if (o->pid == st->pid && o->dev == sb.st_dev &&
+			    o->ino == sb.st_ino) {
+				pthread_mutex_unlock(&open_mu);
+				free(st);
+				return -EBUSY;
+			}
+	}
+	err = st->ops->open(&st->eng, path, flags);
+	if (!err && stat(path, &sb))
+		err = -errno;
+	if (err) {
+		if (st->eng)
+			st->ops->close(st->eng);
+		pthread_mutex_unlock(&open_mu);
+		free(st);
+		return err;
+	}
+	st->dev = sb.st_dev;
+	st->ino = sb.st_ino;
+	st->next_open = open_stores;
+	open_stores = st;
+	pthread_mutex_unlock(&open_mu);
+	*out = st;
+	return 0;
+}
+
+int oc_store_close(oc_store_t *st)
+{
+	struct sarray *sa;
+	oc_store_t **pp;
+
+	if (!st)
+		return 0;
+	if (forked(st))
+		return 0; /* the parent's: forget it */
+	for (sa = st->arrays; sa; sa = sa->next) {
+		if (sa->fh) {
+			int err = oc_fileh_close(sa->fh);
+			if (err)
+				return err;
+			sa->fh = NULL;
+		}
+	}
+	while ((sa = st->arrays)) {
+		st->arrays = sa->next;
+		oc_file_put(&sa->file);
+	}
+	pthread_mutex_lock(&open_mu);
+	for (pp = &open_stores; *pp; pp = &(*pp)->next_open)
+		if (*pp == st) {
+			*pp = st->next_open;
+			break;
+		}
+	pthread_mutex_unlock(&open_mu);
+	st->ops->close(st->eng);
+	free(st);
+	return 0;
+}
+
+/* ---- arrays ---------------------------------------------------------------- */
+
+int oc_store_create(oc_store_t *st, const char *name, const oc_array_meta_t *meta)
+{
+	oc_array_meta_t m;
+	struct sarray *sa;
+	int err = writable(st);
+
+	if (err)
+		return err;
+	if (!meta)
+		return -EINVAL;
+	m = *meta;
+	if (!m.blksize)
+		m.blksize = oc_ram_pagesize(st->ram);
+	err = check_name(name);
+	if (!err)
+		err = check_meta(&m);
+	if (err)
+		return err;
+	err = lookup(st, name, &sa);
+	if (err == 0)
+		return OC_EEXIST;
+	if (err != OC_ENOTFOUND)
+		return err;
+	err = sa_new(st, name, &m, 0, &sa);
+	if (err)
+		return err;
+	sa->created = true;
+	return 0;
+}
+
+int oc_store_delete(oc_store_t *st, const char *name)
+{
+	struct sarray *sa;
+	int err = writable(st);
+
+	if (err)
+		return err;
+	if (check_name(name))
+		return OC_ENOTFOUND;
+	err = lookup(st, name, &sa);
+	if (err)
+		return err;
+	if (sa->created) {
+		/* Never committed: it just goes. */
+		sa->created = false;
+		sa->gone = true;
+		if (sa->fh) {
+			oc_fileh_discard(sa->fh);
+			invalidate_all(sa);
+		}
+	} else {
+		sa->deleted = true;
+	}
+	return 0;
+}
+
+int oc_store_meta_get(oc_store_t *st, const char *name, oc_array_meta_t *meta)
+{
+	struct sarray *sa;
+	int err = usable(st);
+
+	if (err)
+		return err;
+	if (!meta)
+		return -EINVAL;
+	if (check_name(name))
+		return OC_ENOTFOUND;
+	err = lookup(st, name, &sa);
+	if (err)
+		return err;
+	return meta_copy(meta, &sa->meta);
+}
+
+int oc_store_meta_set(oc_store_t *st, const char *name, const oc_array_meta_t *meta)
+{
+	oc_array_meta_t m, copy;
+	struct sarray *sa;
+	int err = writable(st);
+
+	if (err)
+		return err;
+	if (!meta)
+		return -EINVAL;
+	if (check_name(name))
+		return OC_ENOTFOUND;
+	err = lookup(st, name, &sa);
+	if (err)
+		return err;
+	m = *meta;
+	if (!m.blksize)
+		m.blksize = sa->meta.blksize;
+	if (m.blksize != sa->meta.blksize)
+		return -EINVAL;
+	err = check_meta(&m);
+	if (!err)
+		err = meta_copy(&copy, &m);
+	if (err)
+		return err;
+	oc_array_meta_clear(&sa->meta);
+	sa->meta = copy;
+	sa->meta_dirty = true;
+	return 0;
+}
+
+static int name_cmp(const void *a, const void *b)
+{
+	return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+struct namelist {
+	char **v;
+	size_t n, cap;
+};
+
+static int namelist_add(const char *name, void *arg)
+{
+	struct namelist *l = arg;
+
+	if (l->n == l->cap) {
+		char **nv = realloc(l->v, (l->cap = l->cap * 2 + 16) * sizeof *nv);
+		if (!nv)
+			return -ENOMEM;
+		l->v = nv;
+	}
+	if (!(l->v[l->n] = strdup(name)))
+		return -ENOMEM;
+	l->n++;
+	return 0;
+}
+
+int oc_store_names(oc_store_t *st, int (*cb)(const char *name, void *arg),
+		   void *arg)
+{
+	struct namelist l = {0};
+	struct sarray *sa;
+	size_t i, j;
+	int err = usable(st);
+
+	if (err)
+		return err;
+	if (!cb)
+		return -EINVAL;
+	err = st->ops->array_list(st->eng, namelist_add, &l);
+	for (sa = st->arrays; sa && !err; sa = sa->next)
+		if (sa->created && !sa->gone)
+			err = namelist_add(sa->name, &l);
+	if (!err && l.n)
+		qsort(l.v, l.n, sizeof *l.v, name_cmp);
+	for (i = 0; i < l.n; i++) {
+		bool skip = i > 0 && !strcmp(l.v[i], l.v[i - 1]);
+		for (sa = st->arrays; sa && !skip; sa = sa->next)
+			if (sa->deleted && !sa->gone && !strcmp(sa->name, l.v[i])) {
+				/* deleted here, unless created again */
+				skip = true;
+				for (struct sarray *s2 = st->arrays; s2; s2 = s2->next)
+					if (s2->created && !s2->gone &&
+					    !strcmp(s2->name, l.v[i]))
+						skip = false;
+			}
+		if (!err && !skip)
+			err = cb(l.v[i], arg);
+	}
+	for (j = 0; j < l.n; j++)
+		free(l.v[j]);
+	free(l.v);
+	return err;
+}
+
+int oc_store_array_fileh(oc_store_t *st, const char *name, oc_fileh_t **out)
+{
+	struct sarray *sa;
+	int err = usable(st);
+
+	if (err)
+		return err;
+	if (!out)
+		return -EINVAL;
+	if (check_name(name))
+		return OC_ENOTFOUND;
+	err = lookup(st, name, &sa);
+	if (err)
+		return err;
+	if (!sa->fh) {
+		if (sa->meta.blksize != oc_ram_pagesize(st->ram))
+			return OC_EBLKSIZE;
+		err = oc_fileh_open(&sa->fh, &sa->file, st->ram);
+		if (err)
+			return err;
+	}
+	*out = sa->fh;
+	return 0;
+}
+
+/* ---- transactions ---------------------------------------------------------- */
+
+static struct sarray *by_id(oc_store_t *st, uint64_t id)
+{
+	for (struct sarray *sa = st->arrays; sa; sa = sa->next)
+		if (!sa->gone && sa->id == id)
+			return sa;
+	return NULL;
+}
+
+static void on_changed(void *arg, uint64_t id, uint64_t blk)
+{
+	oc_store_t *st = arg;
+	struct sarray *sa = by_id(st, id);
+
+	if (!sa)
+		return;
+	if (blk == OC_SE_META) {
+		sa->meta_stale = true;
+	} else if (sa->fh) {
+		oc_fileh_invalidate(sa->fh, blk);
+		st->n_invalidated++;
+	}
+}
+
+/* Start a new snapshot and bring the records up to date with it. */
+static int renew(oc_store_t *st)
+{
+	struct sarray *sa;
+	int err = st->ops->snapshot_renew(st->eng, on_changed, st);
+
+	if (err)
+		return err;
+	for (sa = st->arrays; sa; sa = sa->next) {
+		oc_array_meta_t meta;
+		uint64_t id;
+		if (!sa->meta_stale)
+			continue;
+		sa->meta_stale = false;
+		if (st->ops->array_get(st->eng, sa->name, &id, &meta) ||
+		    id != sa->id) {
+			/* deleted (perhaps created again) by another process */
+			__atomic_store_n(&sa->id, 0, __ATOMIC_RELEASE);
+			sa->gone = true;
+			invalidate_all(sa);
+			continue;
+		}
+		oc_array_meta_clear(&sa->meta);
+		sa->meta = meta;
+	}
+	return 0;
+}
+
+static bool has_changes(oc_store_t *st)
+{
+	for (struct sarray *sa = st->arrays; sa; sa = sa->next) {
+		if (sa->gone)
+			continue;
+		if (sa->created || sa->deleted || sa->meta_dirty ||
+		    (sa->fh && oc_fileh_isdirty(sa->fh)))
+			return true;
+	}
+	return false;
+}
+
+int oc_store_commit(oc_store_t *st)
+{
+	struct sarray *sa;
+	int err, pass;
+
+	if (!st)
+		return -EINVAL;
+	if (forked(st))
+		return OC_EFORKED;
+	if (!has_changes(st)) {
+		err = renew(st);
+		if (err)
+			goto fail;
+		st->failed = false;
+		return 0;
+	}
+	if (st->flags & OC_STORE_RDONLY) {
+		err = OC_EREADONLY;
+		goto fail;
+	}
+	err = st->ops->txn_begin(st->eng);
+	if (err)
+		goto fail;
+	/* Metadata: deletes first (a name may be deleted and created again),
+	 * then changes, then creates. */
+	for (pass = 0; pass < 3 && !err; pass++)
+		for (sa = st->arrays; sa && !err; sa = sa->next) {
+			if (sa->gone)
+				continue;
+			if (pass == 0 && sa->deleted)
+				err = st->ops->txn_array(st->eng, OC_SE_DELETE, sa->id,
+							 sa->name, NULL, NULL);
+			else if (pass == 1 && sa->meta_dirty && !sa->created &&
+				 !sa->deleted)
+				err = st->ops->txn_array(st->eng, OC_SE_SET, sa->id,
+							 sa->name, &sa->meta, NULL);
+			else if (pass == 2 && sa->created)
+				err = st->ops->txn_array(st->eng, OC_SE_CREATE, 0,
+							 sa->name, &sa->meta,
+							 &sa->new_id);
+		}
+	/* Data: every dirty page of every live array, in block order. */
+	for (sa = st->arrays; sa && !err; sa = sa->next) {
+		if (sa->gone || sa->deleted || !sa->fh)
+			continue;
+		st->committing = sa;
+		err = oc_fileh_writeout(sa->fh, OC_WRITEOUT_STORE);
+		st->committing = NULL;
+	}
+	if (err) {
+		st->ops->txn_abort(st->eng);
+		goto fail;
+	}
+	err = st->ops->txn_commit(st->eng);
+	if (err)
+		goto fail;
+
+	/* Committed: make the records and pages say so. */
+	for (sa = st->arrays; sa; sa = sa->next) {
+		if (sa->gone)
+			continue;
+		if (sa->deleted) {
+			sa->deleted = false;
+			sa->gone = true;
+			__atomic_store_n(&sa->id, 0, __ATOMIC_RELEASE);
+			if (sa->fh) {
+				oc_fileh_discard(sa->fh);
+				invalidate_all(sa);
+			}
+			continue;
+		}
+		if (sa->created) {
+			sa->created = false;
+			__atomic_store_n(&sa->id, sa->new_id, __ATOMIC_RELEASE);
+		}
+		sa->new_id = 0;
+		sa->meta_dirty = false;
+		if (sa->fh)
+			oc_fileh_writeout(sa->fh, OC_WRITEOUT_MARKSTORED);
+	}
+	st->failed = false;
+	st->n_commits++;
+	/* The data is durable: a failure to take the next snapshot is
+	 * reported, but the commit stands. */
+	err = renew(st);
+	if (err)
+		st->failed = true;
+	return err;
+
+fail:
+	for (sa = st->arrays; sa; sa = sa->next)
+		sa->new_id = 0;
+	st->failed = true;
+	st->n_failed++;
+	if (err == OC_ECONFLICT)
+		st->n_conflicts++;
+	return err;
+}
+
+int oc_store_abort(oc_store_t *st)
+{
+	struct sarray *sa, **pp;
+	int err;
+
+	if (!st)
+		return -EINVAL;
+	if (forked(st))
+		return OC_EFORKED;
+	for (sa = st->arrays; sa; sa = sa->next) {
+		if (sa->fh) {
+			err = oc_fileh_discard(sa->fh);
+			if (err)
+				return err;
+		}
+	}
+	for (sa = st->arrays; sa; sa = sa->next) {
+		if (sa->gone)
+			continue;
+		if (sa->created) {
+			sa->created = false;
+			sa->gone = true;
+			invalidate_all(sa);
+			continue;
+		}
+		sa->deleted = false;
+		if (sa->meta_dirty) {
+			sa->meta_dirty = false;
+			sa->meta_stale = true; /* reloaded from the snapshot */
+		}
+	}
+	/* Records without a handle are only a cache: drop the gone ones. */
+	for (pp = &st->arrays; (sa = *pp);) {
+		if (sa->gone && !sa->fh) {
+			*pp = sa->next;
+			oc_file_put(&sa->file);
+		} else {
+			pp = &sa->next;
+		}
+	}
+	st->n_aborts++;
+	err = renew(st);
+	st->failed = err != 0;
+	return err;
+}
+
+int oc_store_stats(oc_store_t *st, oc_store_stats_t *s)
+{
+	if (!st || !s)
+		return -EINVAL;
+	if (forked(st))
+		return OC_EFORKED;
+	memset(s, 0, sizeof *s);
+	st->ops->stats(st->eng, s);
+	s->commits = st->n_commits;
+	s->aborts = st->n_aborts;
+	s->failed_commits = st->n_failed;
+	s->conflicts = st->n_conflicts;
+	s->invalidated = st->n_invalidated;
+	for (struct sarray *sa = st->arrays; sa; sa = sa->next)
+		if (sa->fh)
+			s->narrays_open++;
+	return 0;
+}

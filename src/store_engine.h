@@ -1,0 +1,99 @@
+/* outcore: out-of-core arrays on a userspace virtual memory manager.
+ * Copyright (C) 2026 the outcore developers.
+ * SPDX-License-Identifier: GPL-3.0-or-later WITH outcore-OSI-exception
+ *
+ * store_engine.h: the interface between the generic store layer (store.c)
+ * and a storage engine (store_lmdb.c; later PostgreSQL).
+ *
+ * The generic layer owns the arrays' files and handles, the local
+ * metadata changes and the transaction logic; an engine owns the persistent
+ * state: a snapshot to read from, and a write transaction that gathers
+ * metadata changes and block versions and commits them atomically.
+ *
+ * Arrays are known to the engine by a uint64 id (never 0) it assigns when
+ * an array's creation commits; ids are never reused.  A block number
+ * OC_SE_META in a change report means "the array's metadata changed"
+ * (created, deleted or meta set).
+ *
+ * Sequence of a commit (all in the committing thread):
+ *     txn_begin, txn_array* (metadata), txn_block* (data, from the
+ *     handles' writeout), txn_commit            -> 0: durable
+ *     any error on the way: txn_abort           -> nothing written
+ * then snapshot_renew (also after an abort).  Conflicts are reported by
+ * txn_array/txn_block/txn_commit as OC_ECONFLICT.
+ *
+ * Threads: snapshot reads (array_get, array_list, blk_map, blk_load) may
+ * run in any thread at once, also inside the SIGSEGV handler (blk_map,
+ * blk_load), and concurrently with a write transaction; the engine locks
+ * what it must.  Everything else is called by one thread at a time.
+ *
+ * Ops table: version first, methods only appended.
+ */
+#ifndef OUTCORE_STORE_ENGINE_H
+#define OUTCORE_STORE_ENGINE_H
+
+#include <outcore/store.h>
+
+#define OC_STORE_ENGINE_VERSION 1
+#define OC_SE_META UINT64_MAX
+
+/* One metadata change handed to txn_array. */
+enum oc_se_change {
+	OC_SE_CREATE = 1, /* name, meta; the engine fills *new_id */
+	OC_SE_DELETE = 2, /* id (committed array): drop it and its blocks */
+	OC_SE_SET = 3,    /* id, meta */
+};
+
+typedef struct oc_store_engine_ops {
+	unsigned version; /* OC_STORE_ENGINE_VERSION */
+	const char *name;
+
+	/* Open or create the store at path (flags: OC_STORE_*) and take the
+	 * first snapshot.  Returns 0 and *eng, OC_ENOTSTORE, OC_EVERSION,
+	 * -errno, OC_ESTOREIO. */
+	int (*open)(void **eng, const char *path, int flags);
+	void (*close)(void *eng);
+
+	/* ---- snapshot reads ---- */
+	/* Array by name: id, meta (strings malloc'd) and the engine's version
+	 * of its metadata.  OC_ENOTFOUND. */
+	int (*array_get)(void *eng, const char *name, uint64_t *id,
+			 oc_array_meta_t *meta);
+	/* Name of array id into a malloc'd string.  OC_ENOTFOUND. */
+	int (*array_name)(void *eng, uint64_t id, char **name);
+	/* Every array name, in byte order. */
+	int (*array_list)(void *eng, int (*cb)(const char *name, void *arg),
+			  void *arg);
+	/* As oc_file_ops_t mapblk / loadblk for block blk of array id:
+	 * 0 with (fd, off), OC_NOMAP, OC_ZEROBLK (hole), OC_ECORRUPT.
+	 * verify: check the checksum unless already checked in this process. */
+	int (*blk_map)(void *eng, uint64_t id, uint64_t blk, size_t blksize,
+		       int verify, int *fd, uint64_t *off);
+	int (*blk_load)(void *eng, uint64_t id, uint64_t blk, size_t blksize,
+			int verify, void *buf);
+
+	/* ---- write transaction ---- */
+	int (*txn_begin)(void *eng);
+	int (*txn_array)(void *eng, enum oc_se_change what, uint64_t id,
+			 const char *name, const oc_array_meta_t *meta,
+			 uint64_t *new_id);
+	/* Store a block version (all-zero: delete the block). */
+	int (*txn_block)(void *eng, uint64_t id, uint64_t blk, size_t blksize,
+			 const void *buf);
+	int (*txn_commit)(void *eng);
+	void (*txn_abort)(void *eng);
+
+	/* Start a new snapshot; call changed(arg, id, blk) for every block
+	 * (or OC_SE_META) that another process committed between the old
+	 * snapshot and the new one, while the old snapshot is still held. */
+	int (*snapshot_renew)(void *eng,
+			      void (*changed)(void *arg, uint64_t id, uint64_t blk),
+			      void *arg);
+
+	/* Engine counters into the matching fields of *s. */
+	void (*stats)(void *eng, oc_store_stats_t *s);
+} oc_store_engine_ops_t;
+
+extern const oc_store_engine_ops_t _oc_store_lmdb;
+
+#endif

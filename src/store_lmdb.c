@@ -1,0 +1,1178 @@
+/* outcore: out-of-core arrays on a userspace virtual memory manager.
+ * Copyright (C) 2026 the outcore developers.
+ * SPDX-License-Identifier: GPL-3.0-or-later WITH outcore-OSI-exception
+ *
+ * store_lmdb.c: the LMDB storage engine (see store_engine.h).
+ *
+ * A store is a directory:
+ *   index.mdb   LMDB (MDB_NOSUBDIR), named databases:
+ *     meta     "format" -> magic, format version, next array id, data end
+ *     arrays   name -> array id, meta version (txnid), metadata
+ *     ids      array id (BE) -> name
+ *     blocks   (array id, blk) (BE) -> extent offset, xxh64, version (txnid)
+ *     free     extent offset (BE) -> freed-at txnid, length
+ *     log      (txnid, array id, blk) (BE) -> nothing: what each commit
+ *              changed (blk UINT64_MAX: the array's metadata); read to
+ *              invalidate other processes' blocks and to detect conflicts
+ *   data        block extents, each at a multiple of its block size.
+ *
+ * Commit point.  Block data goes to extents nobody can see (free extents
+ * whose freed-at txnid no live reader predates, or past the data end), is
+ * fdatasync'ed, and becomes visible only when the LMDB write transaction
+ * pointing to it commits: LMDB's meta-page switch is the one commit point.
+ * A crash at any instant leaves the last committed LMDB state, whose
+ * extents were never overwritten.
+ *
+ * Snapshot.  One LMDB read-only transaction (MDB_NOTLS) per outcore
+ * transaction; the next one is begun before the old one is released, so
+ * that the extents the old one sees stay untouched while other processes'
+ * blocks are invalidated (an extent is reused only once every reader in
+ * the reader table is at or past the txnid that freed it).
+ *
+ * Conflicts.  At txn_begin (which holds LMDB's writer lock) the change log
+ * since our snapshot is read into a sorted set; a block or metadata this
+ * transaction writes that is in the set is a conflict.  Log entries older
+ * than the oldest reader are pruned there too.
+ *
+ * Not done in this first cut: page deltas (a block that changes is always
+ * rewritten whole), growing the LMDB map on MDB_MAP_FULL (the map is 64 GiB
+ * of address space; MDB_MAP_FULL gives -ENOSPC), coalescing free extents
+ * of different sizes, and a reader-table entry for read-only opens that
+ * fall back to MDB_NOLOCK (a store the user cannot write).
+ */
+#include "internal.h"
+#include "store_engine.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <lmdb.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <xxhash.h>
+
+#define FORMAT_VERSION 1
+#define MAGIC "outcore-store\0\0" /* 16 bytes with the NULs */
+#define MAPSIZE ((size_t)64 << 30)
+#define MAPSIZE_MIN ((size_t)256 << 20)
+
+struct change {
+	uint64_t id, blk;
+};
+
+struct lmdb_eng {
+	MDB_env *env;
+	MDB_dbi db_meta, db_arrays, db_ids, db_blocks, db_free, db_log;
+	int datafd;
+	int flags;
+
+	pthread_mutex_t mu;     /* guards snap, snap_id and verified */
+	MDB_txn *snap;          /* the snapshot */
+	MDB_txn *spare;         /* a reset read txn for the next snapshot */
+	uint64_t snap_id;
+	oc_pagemap_t verified;  /* extent offset / 4096 -> version verified */
+
+	/* write transaction */
+	MDB_txn *w;
+	uint64_t w_id, min_reader, data_end, next_id, alloc_pos;
+	bool alloc_done, wrote;
+	struct change *changed; /* sorted: changed by others since snap */
+	size_t nchanged;
+	uint64_t last_commit;   /* our last committed txnid */
+	uint64_t data_size;     /* data end of the last state we know */
+
+	/* counters (atomic) */
+	uint64_t n_stored, n_zeroed, n_bytes, n_loads, n_maps, n_holes,
+		n_verified, n_corrupt;
+};
+
+#define CNT(e, f) __atomic_add_fetch(&(e)->f, 1, __ATOMIC_RELAXED)
+
+/* ---- encoding ------------------------------------------------------------ */
+
+static void put_be64(unsigned char *p, uint64_t v)
+{
+	for (int i = 7; i >= 0; i--, v >>= 8)
+		p[i] = (unsigned char)v;
+}
+
+static uint64_t get_be64(const unsigned char *p)
+{
+	uint64_t v = 0;
+	for (int i = 0; i < 8; i++)
+		v = v << 8 | p[i];
+	return v;
+}
+
+static void put_le64(unsigned char *p, uint64_t v)
+{
+	for (int i = 0; i < 8; i++, v >>= 8)
+		p[i] = (unsigned char)v;
+}
+
+static uint64_t get_le64(const unsigned char *p)
+{
+	uint64_t v = 0;
+	for (int i = 7; i >= 0; i--)
+		v = v << 8 | p[i];
+	return v;
+}
+
+static int mdb_err(int rc)
+{
+	if (rc == 0)
+		return 0;
+	if (rc > 0)
+		return -rc; /* an errno value */
+	if (rc == MDB_MAP_FULL)
+		return -ENOSPC;
+	if (rc == MDB_INVALID || rc == MDB_VERSION_MISMATCH || rc == MDB_CORRUPTED)
+		return OC_ENOTSTORE;
+	return OC_ESTOREIO;
+}
+
+static void put_le32(unsigned char *p, uint32_t v)
+{
+	for (int i = 0; i < 4; i++, v >>= 8)
+		p[i] = (unsigned char)v;
+}
+
+/* An array record: id, version, ndim, order, blksize, shape, dtype, attrs. */
+static int meta_encode(uint64_t id, uint64_t version, const oc_array_meta_t *m,
+		       unsigned char **out, size_t *len)
+{
+	const char *attrs = m->attrs ? m->attrs : "{}";
+	size_t dl = strlen(m->dtype), al = strlen(attrs);
+	size_t n = 8 + 8 + 4 + 8 + 8 * (size_t)m->ndim + 4 + dl + 4 + al;
+	unsigned char *b = malloc(n), *p = b;
+
+	if (!b)
+		return -ENOMEM;
+	put_le64(p, id), p += 8;
+	put_le64(p, version), p += 8;
+	p[0] = (unsigned char)m->ndim, p[1] = (unsigned char)m->order;
+	p[2] = p[3] = 0, p += 4;
+	put_le64(p, m->blksize), p += 8;
+	for (unsigned i = 0; i < m->ndim; i++, p += 8)
+		put_le64(p, m->shape[i]);
+	put_le32(p, (uint32_t)dl), p += 4;
+	memcpy(p, m->dtype, dl), p += dl;
+	put_le32(p, (uint32_t)al), p += 4;
+	memcpy(p, attrs, al);
+	*out = b;
+	*len = n;
+	return 0;
+}
+
+static uint32_t get_le32(const unsigned char *p)
+{
+	return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 |
+	       (uint32_t)p[3] << 24;
+}
+
+static int meta_decode(const MDB_val *v, uint64_t *id, uint64_t *version,
+		       oc_array_meta_t *m)
+{
+	const unsigned char *p = v->mv_data, *end = p + v->mv_size;
+	uint32_t dl, al;
+
+	if (v->mv_size < 28)
+		return OC_ECORRUPT;
+	if (id)
+		*id = get_le64(p);
+	if (version)
+		*version = get_le64(p + 8);
+	if (!m)
+		return 0;
+	memset(m, 0, sizeof *m);
+	m->ndim = p[16];
+	m->order = (char)p[17];
+	m->blksize = get_le64(p + 20);
+	p += 28;
+	if (m->ndim > OC_STORE_MAXDIM || (size_t)(end - p) < 8u * m->ndim + 4)
+		return OC_ECORRUPT;
+	for (unsigned i = 0; i < m->ndim; i++, p += 8)
+		m->shape[i] = get_le64(p);
+	dl = get_le32(p), p += 4;
+	if ((size_t)(end - p) < (size_t)dl + 4)
+		return OC_ECORRUPT;
+	m->dtype = strndup((const char *)p, dl);
+	p += dl;
+	al = get_le32(p), p += 4;
+	if ((size_t)(end - p) < al) {
+		free(m->dtype);
+		m->dtype = NULL;
+		return OC_ECORRUPT;
+	}
+	m->attrs = strndup((const char *)p, al);
+	if (!m->dtype || !m->attrs) {
+		oc_array_meta_clear(m);
+		return -ENOMEM;
+	}
+	return 0;
+}
+
+/* The meta record. */
+static int metarec_get(struct lmdb_eng *e, MDB_txn *txn, uint32_t *version,
+		       uint64_t *next_id, uint64_t *data_end)
+{
+	MDB_val k = {6, "format"}, v;
+	const unsigned char *p;
+	int rc = mdb_get(txn, e->db_meta, &k, &v);
+
+	if (rc == MDB_NOTFOUND)
+		return OC_ENOTSTORE;
+	if (rc)
+		return mdb_err(rc);
+	p = v.mv_data;
+	if (v.mv_size < 36 || memcmp(p, MAGIC, 16))
+		return OC_ENOTSTORE;
+	*version = get_le32(p + 16);
+	*next_id = get_le64(p + 20);
+	*data_end = get_le64(p + 28);
+	return 0;
+}
+
+static int metarec_put(struct lmdb_eng *e, MDB_txn *txn, uint64_t next_id,
+		       uint64_t data_end)
+{
+	unsigned char b[36];
+	MDB_val k = {6, "format"}, v = {sizeof b, b};
+
+	memcpy(b, MAGIC, 16);
+	put_le32(b + 16, FORMAT_VERSION);
+	put_le64(b + 20, next_id);
+	put_le64(b + 28, data_end);
+	return mdb_err(mdb_put(txn, e->db_meta, &k, &v, 0));
+}
+
+/* ---- open / close ---------------------------------------------------------- */
+
+static int open_dbs(struct lmdb_eng *e, MDB_txn *txn, unsigned flags)
+{
+	struct {
+		const char *name;
+		MDB_dbi *dbi;
+	} dbs[] = {
+		{"meta", &e->db_meta},	   {"arrays", &e->db_arrays},
+		{"ids", &e->db_ids},	   {"blocks", &e->db_blocks},
+		{"free", &e->db_free},	   {"log", &e->db_log},
+	};
+	for (size_t i = 0; i < sizeof dbs / sizeof dbs[0]; i++) {
+		int rc = mdb_dbi_open(txn, dbs[i].name, flags, dbs[i].dbi);
+		if (rc == MDB_NOTFOUND || rc == MDB_INCOMPATIBLE)
+			return OC_ENOTSTORE;
+		if (rc)
+			return mdb_err(rc);
+	}
+	return 0;
+}
+
+static void eng_close(void *p)
+{
+	struct lmdb_eng *e = p;
+
+	if (!e)
+		return;
+	if (e->w)
+		mdb_txn_abort(e->w);
+	if (e->snap)
+		mdb_txn_abort(e->snap);
+	if (e->spare)
+		mdb_txn_abort(e->spare);
+	if (e->env)
+		mdb_env_close(e->env);
+	if (e->datafd >= 0)
+		close(e->datafd);
+	oc_pagemap_clear(&e->verified);
+	pthread_mutex_destroy(&e->mu);
+	free(e->changed);
+	free(e);
+}
+
+/* Open the environment with the largest map the address space allows
+ * (64 GiB; less under a limit such as ulimit -v or valgrind).  Returns an
+ * LMDB code. */
+static int env_open(struct lmdb_eng *e, const char *index, unsigned flags)
+{
+	size_t mapsize = MAPSIZE;
+	int rc;
+
+	for (;;) {
+		rc = mdb_env_create(&e->env);
+		if (rc)
+			return rc;
+		mdb_env_set_maxdbs(e->env, 8);
+		mdb_env_set_mapsize(e->env, mapsize);
+		rc = mdb_env_open(e->env, index, flags, 0644);
+		if (!rc)
+			return 0;
+		mdb_env_close(e->env);
+		e->env = NULL;
+		if ((rc != EINVAL && rc != ENOMEM) || mapsize <= MAPSIZE_MIN)
+			return rc;
+		mapsize /= 4;
+	}
+}
+
+static int eng_open(void **out, const char *path, int flags)
+{
+	struct lmdb_eng *e;
+	struct stat sb;
+	char *index = NULL, *data = NULL;
+	bool rdonly = flags & OC_STORE_RDONLY, fresh = false;
+	unsigned eflags = MDB_NOSUBDIR | MDB_NOTLS | (rdonly ? MDB_RDONLY : 0);
+	MDB_txn *txn = NULL;
+	uint32_t version;
+	int rc, err;
+
+	e = calloc(1, sizeof *e);
+	if (!e)
+		return -ENOMEM;
+	e->datafd = -1;
+	pthread_mutex_init(&e->mu, NULL);
+	oc_pagemap_init(&e->verified);
+	e->flags = flags;
+
+	if (stat(path, &sb)) {
+		err = -errno;
+		if (err != -ENOENT || !(flags & OC_STORE_CREATE))
+			goto fail;
+		if (mkdir(path, 0755) && errno != EEXIST) {
+			err = -errno;
+			goto fail;
+		}
+	} else if (!S_ISDIR(sb.st_mode)) {
+		err = OC_ENOTSTORE;
+		goto fail;
+	}
+	if (asprintf(&index, "%s/index.mdb", path) < 0 ||
+	    asprintf(&data, "%s/data", path) < 0) {
+		index = data = NULL;
+		err = -ENOMEM;
+		goto fail;
+	}
+	if (stat(index, &sb)) {
+		if (errno != ENOENT || !(flags & OC_STORE_CREATE)) {
+			err = errno == ENOENT ? OC_ENOTSTORE : -errno;
+			goto fail;
+		}
+		fresh = true;
+	}
+	rc = env_open(e, index, eflags);
+	if (rc == EACCES && rdonly) /* a store we may not write: no lock file */
+		rc = env_open(e, index, eflags | MDB_NOLOCK);
+	if (rc) {
+		err = mdb_err(rc);
+		goto fail;
+	}
+	e->datafd = open(data, O_CLOEXEC | (rdonly ? O_RDONLY : O_RDWR | O_CREAT),
+			 0644);
+	if (e->datafd < 0) {
+		err = errno == ENOENT ? OC_ENOTSTORE : -errno;
+		goto fail;
+	}
+	rc = mdb_txn_begin(e->env, NULL, rdonly ? MDB_RDONLY : 0, &txn);
+	if (rc) {
+		err = mdb_err(rc);
+		goto fail;
+	}
+	if (!rdonly) {
+		/* A fresh index, or one left empty by a crash during creation,
+		 * is initialised; any other database must hold our record. */
+		MDB_dbi main;
+		MDB_stat ms;
+		rc = mdb_dbi_open(txn, NULL, 0, &main);
+		if (!rc)
+			rc = mdb_stat(txn, main, &ms);
+		if (rc) {
+			err = mdb_err(rc);
+			goto fail;
+		}
+		if (ms.ms_entries == 0 && (fresh || (flags & OC_STORE_CREATE))) {
+			err = open_dbs(e, txn, MDB_CREATE);
+			if (!err)
+				err = metarec_put(e, txn, 1, 0);
+			if (err)
+				goto fail;
+		}
+	}
+	err = open_dbs(e, txn, 0);
+	if (err)
+		goto fail;
+	err = metarec_get(e, txn, &version, &e->next_id, &e->data_size);
+	if (err)
+		goto fail;
+	if (version > FORMAT_VERSION) {
+		err = OC_EVERSION;
+		goto fail;
+	}
+	rc = mdb_txn_commit(txn); /* keeps the dbi handles */
+	txn = NULL;
+	if (rc) {
+		err = mdb_err(rc);
+		goto fail;
+	}
+	rc = mdb_txn_begin(e->env, NULL, MDB_RDONLY, &e->snap);
+	if (rc) {
+		err = mdb_err(rc);
+		goto fail;
+	}
+	e->snap_id = mdb_txn_id(e->snap);
+	free(index);
+	free(data);
+	*out = e;
+	return 0;
+fail:
+	if (txn)
+		mdb_txn_abort(txn);
+	free(index);
+	free(data);
+	eng_close(e);
+	return err;
+}
+
+/* ---- snapshot reads ------------------------------------------------------ */
+
+static int eng_array_get(void *p, const char *name, uint64_t *id,
+			 oc_array_meta_t *meta)
+{
+	struct lmdb_eng *e = p;
+	MDB_val k = {strlen(name), (void *)name}, v;
+	int rc, err;
+
+	pthread_mutex_lock(&e->mu);
+	rc = mdb_get(e->snap, e->db_arrays, &k, &v);
+	if (rc == MDB_NOTFOUND)
+		err = OC_ENOTFOUND;
+	else if (rc)
+		err = mdb_err(rc);
+	else
+		err = meta_decode(&v, id, NULL, meta);
+	pthread_mutex_unlock(&e->mu);
+	return err;
+}
+
+static int eng_array_name(void *p, uint64_t id, char **name)
+{
+	struct lmdb_eng *e = p;
+	unsigned char kb[8];
+	MDB_val k = {8, kb}, v;
+	int rc, err = 0;
+
+	put_be64(kb, id);
+	pthread_mutex_lock(&e->mu);
+	rc = mdb_get(e->snap, e->db_ids, &k, &v);
+	if (rc == MDB_NOTFOUND)
+		err = OC_ENOTFOUND;
+	else if (rc)
+		err = mdb_err(rc);
+	else if (!(*name = strndup(v.mv_data, v.mv_size)))
+		err = -ENOMEM;
+	pthread_mutex_unlock(&e->mu);
+	return err;
+}
+
+static int eng_array_list(void *p, int (*cb)(const char *, void *), void *arg)
+{
+	struct lmdb_eng *e = p;
+	MDB_cursor *c;
+	MDB_val k, v;
+	int rc, err = 0;
+
+	/* Names are copied out under the lock, then handed to cb. */
+	char **names = NULL;
+	size_t n = 0, cap = 0;
+
+	pthread_mutex_lock(&e->mu);
+	rc = mdb_cursor_open(e->snap, e->db_arrays, &c);
+	if (rc) {
+		pthread_mutex_unlock(&e->mu);
+		return mdb_err(rc);
+	}
+	for (rc = mdb_cursor_get(c, &k, &v, MDB_FIRST); !rc;
+	     rc = mdb_cursor_get(c, &k, &v, MDB_NEXT)) {
+		if (n == cap) {
+			char **nn = realloc(names, (cap = cap * 2 + 16) * sizeof *nn);
+			if (!nn) {
+				err = -ENOMEM;
+				break;
+			}
+			names = nn;
+		}
+		if (!(names[n] = strndup(k.mv_data, k.mv_size))) {
+			err = -ENOMEM;
+			break;
+		}
+		n++;
+	}
+	if (!err && rc != MDB_NOTFOUND)
+		err = mdb_err(rc);
+	mdb_cursor_close(c);
+	pthread_mutex_unlock(&e->mu);
+	for (size_t i = 0; i < n; i++) {
+		if (!err)
+			err = cb(names[i], arg);
+		free(names[i]);
+	}
+	free(names);
+	return err;
+}
+
+struct blkrec {
+	uint64_t off, hash, version;
+};
+
+static void blk_key(unsigned char *kb, uint64_t id, uint64_t blk)
+{
+	put_be64(kb, id);
+	put_be64(kb + 8, blk);
+}
+
+static int blk_get(struct lmdb_eng *e, MDB_txn *txn, uint64_t id, uint64_t blk,
+		   struct blkrec *r)
+{
+	unsigned char kb[16];
+	MDB_val k = {16, kb}, v;
+	int rc;
+
+	blk_key(kb, id, blk);
+	rc = mdb_get(txn, e->db_blocks, &k, &v);
+	if (rc == MDB_NOTFOUND)
+		return 1;
+	if (rc)
+		return mdb_err(rc);
+	if (v.mv_size < 24)
+		return OC_ECORRUPT;
+	r->off = get_le64(v.mv_data);
+	r->hash = get_le64((unsigned char *)v.mv_data + 8);
+	r->version = get_le64((unsigned char *)v.mv_data + 16);
+	return 0;
+}
+
+/* Look a block up in the snapshot: 0 and *r, 1 for a hole, or an error. */
+static int snap_blk(struct lmdb_eng *e, uint64_t id, uint64_t blk,
+		    struct blkrec *r)
+{
+	int err;
+
+	pthread_mutex_lock(&e->mu);
+	err = blk_get(e, e->snap, id, blk, r);
+	pthread_mutex_unlock(&e->mu);
+	return err;
+}
+
+static bool is_verified(struct lmdb_eng *e, const struct blkrec *r)
+{
+	bool yes;
+
+	pthread_mutex_lock(&e->mu);
+	yes = (uint64_t)(uintptr_t)oc_pagemap_get(&e->verified, r->off >> 12) ==
+	      r->version;
+	pthread_mutex_unlock(&e->mu);
+	return yes;
+}
+
+static void set_verified(struct lmdb_eng *e, const struct blkrec *r)
+{
+	pthread_mutex_lock(&e->mu);
+	/* A failed insert only costs a verification later. */
+	(void)oc_pagemap_set(&e->verified, r->off >> 12,
+			     (void *)(uintptr_t)r->version);
+	pthread_mutex_unlock(&e->mu);
+}
+
+/* Check buf against r's checksum: 0 or OC_ECORRUPT. */
+static int verify(struct lmdb_eng *e, const struct blkrec *r, const void *buf,
+		  size_t blksize)
+{
+	CNT(e, n_verified);
+	if (XXH64(buf, blksize, 0) != r->hash) {
+		CNT(e, n_corrupt);
+		return OC_ECORRUPT;
+	}
+	set_verified(e, r);
+	return 0;
+}
+
+static int eng_blk_load(void *p, uint64_t id, uint64_t blk, size_t blksize,
+			int do_verify, void *buf)
+{
+	struct lmdb_eng *e = p;
+	struct blkrec r;
+	int err = snap_blk(e, id, blk, &r);
+
+	if (err == 1) {
+		memset(buf, 0, blksize);
+		CNT(e, n_holes);
+		return 0;
+	}
+	if (err)
+		return err;
+	err = _oc_os_pread_all(e->datafd, buf, blksize, r.off);
+	if (err == -EIO) /* short: the data file was truncated */
+		err = OC_ECORRUPT;
+	if (!err && do_verify && !is_verified(e, &r))
+		err = verify(e, &r, buf, blksize);
+	if (!err)
+		CNT(e, n_loads);
+	return err;
+}
+
+static int eng_blk_map(void *p, uint64_t id, uint64_t blk, size_t blksize,
+		       int do_verify, int *fd, uint64_t *off)
+{
+	struct lmdb_eng *e = p;
+	struct blkrec r;
+	int err = snap_blk(e, id, blk, &r);
+
+	if (err == 1) {
+		CNT(e, n_holes);
+		return OC_ZEROBLK;
+	}
+	if (err)
+		return err;
+	if (do_verify && !is_verified(e, &r)) {
+		/* Read it once: this also fills the page cache the mapping
+		 * will use. */
+		void *buf = malloc(blksize);
+		if (!buf)
+			return -ENOMEM;
+		err = _oc_os_pread_all(e->datafd, buf, blksize, r.off);
+		if (err == -EIO)
+			err = OC_ECORRUPT;
+		if (!err)
+			err = verify(e, &r, buf, blksize);
+		free(buf);
+		if (err)
+			return err;
+	}
+	CNT(e, n_maps);
+	*fd = e->datafd;
+	*off = r.off;
+	return 0;
+}
+
+/* ---- write transaction ----------------------------------------------------- */
+
+static int change_cmp(const void *a, const void *b)
+{
+	const struct change *x = a, *y = b;
+	if (x->id != y->id)
+		return x->id < y->id ? -1 : 1;
+	return x->blk < y->blk ? -1 : x->blk > y->blk;
+}
+
+static bool changed_by_others(struct lmdb_eng *e, uint64_t id, uint64_t blk)
+{
+	struct change key = {id, blk};
+	return e->nchanged &&
+	       bsearch(&key, e->changed, e->nchanged, sizeof key, change_cmp);
+}
+
+/* The oldest snapshot in the reader table (UINT64_MAX: none). */
+static int reader_line(const char *msg, void *ctx)
+{
+	uint64_t *min = ctx;
+	const char *l = msg;
+
+	while (l && *l) {
+		int pid;
+		size_t tid;
+		unsigned long long txnid;
+		if (sscanf(l, "%d %zx %llu", &pid, &tid, &txnid) == 3 &&
+		    txnid < *min)
+			*min = txnid;
+		l = strchr(l, '\n');
+		if (l)
+			l++;
+	}
+	return 0;
+}
+
+static int log_put(struct lmdb_eng *e, uint64_t id, uint64_t blk)
+{
+	unsigned char kb[24];
+	MDB_val k = {24, kb}, v = {0, ""};
+
+	put_be64(kb, e->w_id);
+	blk_key(kb + 8, id, blk);
+	return mdb_err(mdb_put(e->w, e->db_log, &k, &v, 0));
+}
+
+static int free_put(struct lmdb_eng *e, uint64_t off, uint64_t len)
+{
+	unsigned char kb[8], vb[16];
+	MDB_val k = {8, kb}, v = {16, vb};
+
+	put_be64(kb, off);
+	put_le64(vb, e->w_id);
+	put_le64(vb + 8, len);
+	return mdb_err(mdb_put(e->w, e->db_free, &k, &v, 0));
+}
+
+static void eng_txn_abort(void *p)
+{
+	struct lmdb_eng *e = p;
+
+	if (e->w)
+		mdb_txn_abort(e->w);
+	e->w = NULL;
+	free(e->changed);
+	e->changed = NULL;
+	e->nchanged = 0;
+}
+
+static int eng_txn_begin(void *p)
+{
+	struct lmdb_eng *e = p;
+	MDB_cursor *c = NULL;
+	MDB_val k, v;
+	unsigned char kb[24];
+	uint32_t version;
+	size_t cap = 0;
+	int dead, rc, err;
+
+	if (e->flags & OC_STORE_RDONLY)
+		return OC_EREADONLY;
+	OC_BUG_ON(e->w);
+	mdb_reader_check(e->env, &dead);
+	rc = mdb_txn_begin(e->env, NULL, 0, &e->w);
+	if (rc)
+		return mdb_err(rc);
+	e->w_id = mdb_txn_id(e->w);
+	/* Read the reader table with the writer lock held: readers that
+	 * start from now on see the last commit, which references no free
+	 * extent. */
+	e->min_reader = UINT64_MAX;
+	mdb_reader_list(e->env, reader_line, &e->min_reader);
+	if (e->min_reader > e->snap_id)
+		e->min_reader = e->snap_id; /* ours, even under MDB_NOLOCK */
+	err = metarec_get(e, e->w, &version, &e->next_id, &e->data_end);
+	if (err)
+		goto fail;
+	e->alloc_pos = 0;
+	e->alloc_done = false;
+	e->wrote = false;
+
+	/* What others committed since our snapshot, and pruning of what no
+	 * reader needs any more. */
+	rc = mdb_cursor_open(e->w, e->db_log, &c);
+	if (rc) {
+		err = mdb_err(rc);
+		goto fail;
+	}
+	for (rc = mdb_cursor_get(c, &k, &v, MDB_FIRST); !rc;
+	     rc = mdb_cursor_get(c, &k, &v, MDB_NEXT)) {
+		uint64_t t;
+		if (k.mv_size != 24) {
+			err = OC_ECORRUPT;
+			goto fail;
+		}
+		t = get_be64(k.mv_data);
+		if (t > e->min_reader)
+			break;
+		rc = mdb_cursor_del(c, 0);
+		if (rc)
+			break;
+	}
+	if (rc && rc != MDB_NOTFOUND) {
+		err = mdb_err(rc);
+		goto fail;
+	}
+	put_be64(kb, e->snap_id + 1);
+	memset(kb + 8, 0, 16);
+	k.mv_size = 24;
+	k.mv_data = kb;
+	for (rc = mdb_cursor_get(c, &k, &v, MDB_SET_RANGE); !rc;
+	     rc = mdb_cursor_get(c, &k, &v, MDB_NEXT)) {
+		if (e->nchanged == cap) {
+			struct change *n = realloc(e->changed,
+						   (cap = cap * 2 + 64) * sizeof *n);
+			if (!n) {
+				err = -ENOMEM;
+				goto fail;
+			}
+			e->changed = n;
+		}
+		e->changed[e->nchanged].id = get_be64((unsigned char *)k.mv_data + 8);
+		e->changed[e->nchanged].blk = get_be64((unsigned char *)k.mv_data + 16);
+		e->nchanged++;
+	}
+	if (rc != MDB_NOTFOUND) {
+		err = mdb_err(rc);
+		goto fail;
+	}
+	mdb_cursor_close(c);
+	c = NULL;
+	if (e->nchanged)
+		qsort(e->changed, e->nchanged, sizeof *e->changed, change_cmp);
+	return 0;
+fail:
+	if (c)
+		mdb_cursor_close(c);
+	eng_txn_abort(e);
+	return err;
+}
+
+static int ids_get(struct lmdb_eng *e, uint64_t id, MDB_val *name)
+{
+	unsigned char kb[8];
+	MDB_val k = {8, kb};
+	int rc;
+
+	put_be64(kb, id);
+	rc = mdb_get(e->w, e->db_ids, &k, name);
+	if (rc == MDB_NOTFOUND)
+		return OC_ENOTFOUND;
+	return mdb_err(rc);
+}
+
+/* Drop every block of array id (free the extents, log the blocks). */
+static int drop_blocks(struct lmdb_eng *e, uint64_t id, uint64_t blksize)
+{
+	MDB_cursor *c;
+	unsigned char kb[16];
+	MDB_val k = {16, kb}, v;
+	int rc, err = 0;
+
+	rc = mdb_cursor_open(e->w, e->db_blocks, &c);
+	if (rc)
+		return mdb_err(rc);
+	blk_key(kb, id, 0);
+	for (rc = mdb_cursor_get(c, &k, &v, MDB_SET_RANGE); !rc && !err;
+	     rc = mdb_cursor_get(c, &k, &v, MDB_NEXT)) {
+		/* After a delete MDB_NEXT returns the item that moved under
+		 * the cursor. */
+		uint64_t blk;
+		if (k.mv_size != 16 || get_be64(k.mv_data) != id)
+			break;
+		blk = get_be64((unsigned char *)k.mv_data + 8);
+		err = free_put(e, get_le64(v.mv_data), blksize);
+		if (!err)
+			err = log_put(e, id, blk);
+		if (!err)
+			err = mdb_err(mdb_cursor_del(c, 0));
+	}
+	if (!err && rc && rc != MDB_NOTFOUND)
+		err = mdb_err(rc);
+	mdb_cursor_close(c);
+	return err;
+}
+
+static int eng_txn_array(void *p, enum oc_se_change what, uint64_t id,
+			 const char *name, const oc_array_meta_t *meta,
+			 uint64_t *new_id)
+{
+	struct lmdb_eng *e = p;
+	unsigned char kb[8], *rec = NULL;
+	char namebuf[OC_STORE_NAME_MAX];
+	MDB_val k, v, nm;
+	size_t len;
+	int rc, err;
+
+	switch (what) {
+	case OC_SE_CREATE:
+		k.mv_size = strlen(name);
+		k.mv_data = (void *)name;
+		rc = mdb_get(e->w, e->db_arrays, &k, &v);
+		if (rc == 0)
+			return OC_ECONFLICT; /* created meanwhile by another */
+		if (rc != MDB_NOTFOUND)
+			return mdb_err(rc);
+		id = e->next_id++;
+		err = meta_encode(id, e->w_id, meta, &rec, &len);
+		if (err)
+			return err;
+		v.mv_size = len;
+		v.mv_data = rec;
+		err = mdb_err(mdb_put(e->w, e->db_arrays, &k, &v, 0));
+		free(rec);
+		if (err)
+			return err;
+		put_be64(kb, id);
+		nm = k;
+		k.mv_size = 8;
+		k.mv_data = kb;
+		err = mdb_err(mdb_put(e->w, e->db_ids, &k, &nm, 0));
+		if (!err)
+			err = log_put(e, id, OC_SE_META);
+		if (!err)
+			*new_id = id;
+		return err;
+	case OC_SE_DELETE:
+	case OC_SE_SET:
+		/* Any change by another process to the metadata (or, for a
+		 * delete, to any block) since our snapshot conflicts. */
+		if (changed_by_others(e, id, OC_SE_META))
+			return OC_ECONFLICT;
+		if (what == OC_SE_DELETE && e->nchanged) {
+			struct change lo = {id, 0};
+			size_t a = 0, b = e->nchanged;
+			while (a < b) { /* first change >= (id, 0) */
+				size_t m = (a + b) / 2;
+				if (change_cmp(&e->changed[m], &lo) < 0)
+					a = m + 1;
+				else
+					b = m;
+			}
+			if (a < e->nchanged && e->changed[a].id == id)
+				return OC_ECONFLICT;
+		}
+		err = ids_get(e, id, &nm);
+		if (err == OC_ENOTFOUND)
+			return OC_ECONFLICT;
+		if (err)
+			return err;
+		/* Copy the name out of the database before changing it. */
+		if (nm.mv_size > OC_STORE_NAME_MAX)
+			return OC_ECORRUPT;
+		memcpy(namebuf, nm.mv_data, nm.mv_size);
+		nm.mv_data = namebuf;
+		if (what == OC_SE_DELETE) {
+			uint64_t bs;
+			rc = mdb_get(e->w, e->db_arrays, &nm, &v);
+			if (rc)
+				return mdb_err(rc);
+			if (v.mv_size < 28)
+				return OC_ECORRUPT;
+			bs = get_le64((unsigned char *)v.mv_data + 20);
+			err = mdb_err(mdb_del(e->w, e->db_arrays, &nm, NULL));
+			put_be64(kb, id);
+			k.mv_size = 8;
+			k.mv_data = kb;
+			if (!err)
+				err = mdb_err(mdb_del(e->w, e->db_ids, &k, NULL));
+			if (!err)
+				err = drop_blocks(e, id, bs);
+		} else {
+			err = meta_encode(id, e->w_id, meta, &rec, &len);
+			if (err)
+				return err;
+			v.mv_size = len;
+			v.mv_data = rec;
+			err = mdb_err(mdb_put(e->w, e->db_arrays, &nm, &v, 0));
+			free(rec);
+		}
+		if (!err)
+			err = log_put(e, id, OC_SE_META);
+		return err;
+	}
+	return -EINVAL;
+}
+
+/* An extent of len bytes nobody can see: a free one no reader predates,
+ * or a new one at the end. */
+static int alloc_extent(struct lmdb_eng *e, uint64_t len, uint64_t *off)
+{
+	MDB_cursor *c;
+	unsigned char kb[8];
+	MDB_val k = {8, kb}, v;
+	int rc, err = 0;
+
+	if (!e->alloc_done) {
+		rc = mdb_cursor_open(e->w, e->db_free, &c);
+		if (rc)
+			return mdb_err(rc);
+		put_be64(kb, e->alloc_pos);
+		for (rc = mdb_cursor_get(c, &k, &v, MDB_SET_RANGE); !rc;
+		     rc = mdb_cursor_get(c, &k, &v, MDB_NEXT)) {
+			uint64_t o = get_be64(k.mv_data);
+			uint64_t freed = get_le64(v.mv_data);
+			uint64_t l = get_le64((unsigned char *)v.mv_data + 8);
+			if (l == len && freed <= e->min_reader && o % len == 0) {
+				err = mdb_err(mdb_cursor_del(c, 0));
+				mdb_cursor_close(c);
+				if (err)
+					return err;
+				e->alloc_pos = o + 1;
+				*off = o;
+				return 0;
+			}
+		}
+		mdb_cursor_close(c);
+		if (rc != MDB_NOTFOUND)
+			return mdb_err(rc);
+		e->alloc_done = true; /* entries added now are not eligible */
+	}
+	*off = (e->data_end + len - 1) / len * len;
+	e->data_end = *off + len;
+	return 0;
+}
+
+static bool all_zero(const void *buf, size_t n)
+{
+	const uint64_t *w = buf;
+	for (size_t i = 0; i < n / 8; i++)
+		if (w[i])
+			return false;
+	return true;
+}
+
+static int eng_txn_block(void *p, uint64_t id, uint64_t blk, size_t blksize,
+			 const void *buf)
+{
+	struct lmdb_eng *e = p;
+	struct blkrec old;
+	unsigned char kb[16], vb[24];
+	MDB_val k = {16, kb}, v = {24, vb};
+	uint64_t off;
+	int had, err;
+
+	OC_BUG_ON(!e->w);
+	if (changed_by_others(e, id, blk))
+		return OC_ECONFLICT;
+	if (changed_by_others(e, id, OC_SE_META)) {
+		/* Deleted (or recreated) meanwhile? */
+		MDB_val nm;
+		err = ids_get(e, id, &nm);
+		if (err)
+			return err == OC_ENOTFOUND ? OC_ECONFLICT : err;
+	}
+	had = blk_get(e, e->w, id, blk, &old);
+	if (had < 0)
+		return had;
+	had = !had;
+	blk_key(kb, id, blk);
+	if (all_zero(buf, blksize)) {
+		CNT(e, n_zeroed);
+		if (!had)
+			return 0;
+		err = mdb_err(mdb_del(e->w, e->db_blocks, &k, NULL));
+	} else {
+		err = alloc_extent(e, blksize, &off);
+		if (err)
+			return err;
+		err = _oc_os_pwrite_all(e->datafd, buf, blksize, off);
+		if (err)
+			return err;
+		e->wrote = true;
+		__atomic_add_fetch(&e->n_bytes, blksize, __ATOMIC_RELAXED);
+		CNT(e, n_stored);
+		put_le64(vb, off);
+		put_le64(vb + 8, XXH64(buf, blksize, 0));
+		put_le64(vb + 16, e->w_id);
+		err = mdb_err(mdb_put(e->w, e->db_blocks, &k, &v, 0));
+	}
+	if (!err && had)
+		err = free_put(e, old.off, blksize);
+	if (!err)
+		err = log_put(e, id, blk);
+	return err;
+}
+
+static int eng_txn_commit(void *p)
+{
+	struct lmdb_eng *e = p;
+	int err = 0, rc;
+
+	OC_BUG_ON(!e->w);
+	if (e->wrote && fdatasync(e->datafd))
+		err = -errno;
+	if (!err)
+		err = metarec_put(e, e->w, e->next_id, e->data_end);
+	if (err) {
+		eng_txn_abort(e);
+		return err;
+	}
+	rc = mdb_txn_commit(e->w); /* durable: LMDB syncs on commit */
+	e->w = NULL;
+	if (rc) {
+		eng_txn_abort(e);
+		return mdb_err(rc);
+	}
+	e->last_commit = e->w_id;
+	e->data_size = e->data_end;
+	eng_txn_abort(e); /* frees the change set */
+	return 0;
+}
+
+/* ---- snapshot renewal ------------------------------------------------------ */
+
+static int eng_snapshot_renew(void *p,
+			      void (*changed)(void *arg, uint64_t id, uint64_t blk),
+			      void *arg)
+{
+	struct lmdb_eng *e = p;
+	MDB_txn *n = e->spare, *old;
+	MDB_cursor *c;
+	unsigned char kb[24];
+	MDB_val k = {24, kb}, v;
+	uint64_t new_id;
+	int rc;
+
+	e->spare = NULL;
+	rc = n ? mdb_txn_renew(n) : mdb_txn_begin(e->env, NULL, MDB_RDONLY, &n);
+	if (rc) {
+		if (n && e->spare == NULL)
+			mdb_txn_abort(n);
+		return mdb_err(rc);
+	}
+	new_id = mdb_txn_id(n);
+	rc = mdb_cursor_open(n, e->db_log, &c);
+	if (rc) {
+		mdb_txn_abort(n);
+		return mdb_err(rc);
+	}
+	put_be64(kb, e->snap_id + 1);
+	memset(kb + 8, 0, 16);
+	for (rc = mdb_cursor_get(c, &k, &v, MDB_SET_RANGE); !rc;
+	     rc = mdb_cursor_get(c, &k, &v, MDB_NEXT)) {
+		uint64_t t = get_be64(k.mv_data);
+		if (t > new_id)
+			break;
+		if (t != e->last_commit)
+			changed(arg, get_be64((unsigned char *)k.mv_data + 8),
+				get_be64((unsigned char *)k.mv_data + 16));
+	}
+	mdb_cursor_close(c);
+	if (rc && rc != MDB_NOTFOUND) {
+		mdb_txn_abort(n);
+		return mdb_err(rc);
+	}
+	pthread_mutex_lock(&e->mu);
+	old = e->snap;
+	e->snap = n;
+	e->snap_id = new_id;
+	pthread_mutex_unlock(&e->mu);
+	mdb_txn_reset(old);
+	e->spare = old;
+	return 0;
+}
+
+static void eng_stats(void *p, oc_store_stats_t *s)
+{
+	struct lmdb_eng *e = p;
+
+#define GET(f) __atomic_load_n(&e->f, __ATOMIC_RELAXED)
+	s->blocks_stored = GET(n_stored);
+	s->blocks_zeroed = GET(n_zeroed);
+	s->bytes_written = GET(n_bytes);
+	s->loads = GET(n_loads);
+	s->maps = GET(n_maps);
+	s->holes = GET(n_holes);
+	s->verified = GET(n_verified);
+	s->corrupt = GET(n_corrupt);
+#undef GET
+	s->snapshot = e->snap_id;
+	s->data_size = e->data_size;
+}
+
+const oc_store_engine_ops_t _oc_store_lmdb = {
+	.version = OC_STORE_ENGINE_VERSION,
+	.name = "lmdb",
+	.open = eng_open,
+	.close = eng_close,
+	.array_get = eng_array_get,
+	.array_name = eng_array_name,
+	.array_list = eng_array_list,
+	.blk_map = eng_blk_map,
+	.blk_load = eng_blk_load,
+	.txn_begin = eng_txn_begin,
+	.txn_array = eng_txn_array,
+	.txn_block = eng_txn_block,
+	.txn_commit = eng_txn_commit,
+	.txn_abort = eng_txn_abort,
+	.snapshot_renew = eng_snapshot_renew,
+	.stats = eng_stats,
+};

@@ -1,0 +1,713 @@
+/* outcore: out-of-core arrays on a userspace virtual memory manager.
+ * Copyright (C) 2026 the outcore developers.
+ * SPDX-License-Identifier: GPL-3.0-or-later WITH outcore-OSI-exception
+ *
+ * test_store.c: the transactional store (store.h) on the LMDB engine:
+ * commit / abort / reopen round trips of data and metadata, holes, two
+ * processes (disjoint commits, conflicts, invalidation), crash safety under
+ * SIGKILL, corruption, bad input.
+ */
+#include "check.h"
+#include "testfile.h"
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <lmdb.h>
+#include <signal.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+
+#include <outcore/store.h>
+
+#define BS 65536u
+#define W (BS / 8) /* words per block */
+
+static oc_ram_t *ram;
+static oc_ram_t *volatile parent_ram; /* in a child: the parent's (kept reachable) */
+static char base[256];
+
+static void path_of(char *out, size_t n, const char *name)
+{
+	snprintf(out, n, "%s/%s", base, name);
+}
+
+static oc_store_t *sopen(const char *path, int flags)
+{
+	oc_store_t *s = NULL;
+	int err = oc_store_open(&s, path, flags, ram);
+	if (err)
+		printf("# open %s: %s\n", path, oc_strerror(err));
+	return s;
+}
+
+static oc_array_meta_t meta1(uint64_t nblk, const char *attrs)
+{
+	oc_array_meta_t m;
+	memset(&m, 0, sizeof m);
+	m.ndim = 1;
+	m.shape[0] = nblk * W;
+	m.dtype = (char *)"<f8";
+	m.order = 'C';
+	m.blksize = BS;
+	m.attrs = (char *)attrs;
+	return m;
+}
+
+struct view {
+	oc_fileh_t *fh;
+	oc_vma_t *vma;
+	uint64_t *p;
+};
+
+static int view_open(oc_store_t *s, const char *name, uint64_t nblk,
+		     struct view *v)
+{
+	int err = oc_store_array_fileh(s, name, &v->fh);
+	if (!err)
+		err = oc_fileh_mmap(v->fh, 0, nblk, &v->vma);
+	if (err) {
+		printf("# view %s: %s\n", name, oc_strerror(err));
+		return err;
+	}
+	v->p = oc_vma_addr(v->vma);
+	return 0;
+}
+
+static void view_close(struct view *v)
+{
+	oc_vma_unmap(v->vma);
+	v->vma = NULL;
+}
+
+static void fill(struct view *v, uint64_t blk, uint64_t val)
+{
+	for (uint64_t i = 0; i < W; i++)
+		v->p[blk * W + i] = val ? val + i % 7 : 0;
+}
+
+static int blk_is(struct view *v, uint64_t blk, uint64_t val)
+{
+	for (uint64_t i = 0; i < W; i++)
+		if (v->p[blk * W + i] != (val ? val + i % 7 : 0))
+			return 0;
+	return 1;
+}
+
+/* The value a block holds (its first word), 0 for zeros. */
+static uint64_t blk_val(struct view *v, uint64_t blk)
+{
+	return v->p[blk * W];
+}
+
+static int count_name(const char *name, void *arg)
+{
+	char *buf = arg;
+	strcat(buf, name);
+	strcat(buf, ",");
+	return 0;
+}
+
+static uint64_t attr_i(oc_store_t *s, const char *name)
+{
+	oc_array_meta_t m;
+	unsigned long long i = 0;
+	if (oc_store_meta_get(s, name, &m))
+		return UINT64_MAX;
+	if (sscanf(m.attrs, "{\"i\": %llu}", &i) != 1)
+		i = UINT64_MAX - 1;
+	oc_array_meta_clear(&m);
+	return i;
+}
+
+static uint64_t ram_brings(void)
+{
+	oc_ram_stats_t rs;
+	oc_ram_stats(ram, &rs);
+	return rs.loads + rs.base_maps + rs.zero_fills;
+}
+
+static int copy_file(const char *from, const char *to)
+{
+	char buf[65536];
+	ssize_t n;
+	int a = open(from, O_RDONLY), b = open(to, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+	int ok = a >= 0 && b >= 0;
+	while (ok && (n = read(a, buf, sizeof buf)) > 0)
+		ok = write(b, buf, (size_t)n) == n;
+	if (a >= 0)
+		close(a);
+	if (b >= 0)
+		close(b);
+	return ok ? 0 : -1;
+}
+
+static void rm_tree(const char *d)
+{
+	char cmd[600];
+	snprintf(cmd, sizeof cmd, "rm -rf '%s'", d);
+	if (system(cmd))
+		printf("# rm failed\n");
+}
+
+/* A child: fresh RAM and store of its own (nothing inherited is used). */
+static oc_store_t *child_open(const char *path)
+{
+	int err;
+	parent_ram = ram;
+	ram = tf_ram(BS, 64 * BS, &err);
+	if (!ram)
+		_exit(10);
+	return sopen(path, 0);
+}
+
+/* ---- round trips ---------------------------------------------------------- */
+
+static void test_roundtrip(const char *path)
+{
+	oc_store_t *s = sopen(path, OC_STORE_CREATE);
+	oc_array_meta_t m = meta1(8, "{\"x\": 1}"), g;
+	oc_store_stats_t ss;
+	struct view a, b;
+	char names[256] = "";
+
+	CHECK(s, "create a store");
+	if (!s)
+		return;
+	CHECK_EQ(oc_store_create(s, "a", &m), 0, "create a");
+	m = meta1(4, NULL);
+	CHECK_EQ(oc_store_create(s, "b", &m), 0, "create b");
+	CHECK_EQ(oc_store_create(s, "b", &m), OC_EEXIST, "create b again: EEXIST");
+	if (view_open(s, "a", 8, &a) || view_open(s, "b", 4, &b))
+		return;
+	for (uint64_t i = 0; i < 8; i++)
+		fill(&a, i, 100 + i);
+	fill(&b, 1, 200);
+	CHECK_EQ(oc_store_commit(s), 0, "commit two new arrays");
+	oc_store_stats(s, &ss);
+	CHECK_EQ(ss.blocks_stored, 9, "9 blocks stored");
+	CHECK_EQ(ss.data_size, 9 * BS, "data file holds 9 blocks");
+	CHECK(!oc_fileh_isdirty(a.fh) && !oc_fileh_isdirty(b.fh), "pages clean after commit");
+
+	/* abort restores stored data and metadata */
+	fill(&a, 3, 999);
+	m = meta1(16, "{\"x\": 2}");
+	CHECK_EQ(oc_store_meta_set(s, "a", &m), 0, "meta_set a");
+	CHECK_EQ(oc_store_create(s, "c", &m), 0, "create c");
+	CHECK_EQ(oc_store_delete(s, "b"), 0, "delete b");
+	CHECK_EQ(oc_store_meta_get(s, "b", &g), OC_ENOTFOUND, "b gone in this txn");
+	CHECK_EQ(oc_store_abort(s), 0, "abort");
+	CHECK(blk_is(&a, 3, 103), "abort restores block data");
+	CHECK(blk_is(&b, 1, 200), "b still there after abort");
+	CHECK_EQ(oc_store_meta_get(s, "c", &g), OC_ENOTFOUND, "created c dropped by abort");
+	CHECK_EQ(oc_store_meta_get(s, "a", &g), 0, "meta_get a");
+	CHECK(g.shape[0] == 8 * W && !strcmp(g.attrs, "{\"x\": 1}") &&
+	      !strcmp(g.dtype, "<f8") && g.order == 'C' && g.blksize == BS,
+	      "abort restores metadata");
+	oc_array_meta_clear(&g);
+
+	/* holes and all-zero blocks */
+	fill(&b, 1, 0);
+	fill(&b, 2, 0);
+	CHECK_EQ(oc_store_commit(s), 0, "commit zero blocks");
+	oc_store_stats(s, &ss);
+	CHECK_EQ(ss.blocks_zeroed, 2, "all-zero blocks not stored");
+	CHECK_EQ(ss.blocks_stored, 9, "no new block version");
+	CHECK_EQ(ss.data_size, 9 * BS, "no data growth");
+
+	/* metadata change committed, and a block rewritten (the freed extent
+	 * of b's block 1 is reused once no snapshot sees it) */
+	m = meta1(16, "{\"x\": 3}");
+	CHECK_EQ(oc_store_meta_set(s, "a", &m), 0, "resize a");
+	fill(&a, 0, 500);
+	CHECK_EQ(oc_store_commit(s), 0, "commit resize + data");
+	oc_store_stats(s, &ss);
+	CHECK_EQ(ss.data_size, 9 * BS, "freed extent reused");
+	view_close(&a);
+	view_close(&b);
+	CHECK_EQ(oc_store_close(s), 0, "close");
+
+	s = sopen(path, 0);
+	CHECK(s, "reopen");
+	if (!s)
+		return;
+	oc_store_names(s, count_name, names);
+	CHECK(!strcmp(names, "a,b,"), "names after reopen: %s", names);
+	CHECK_EQ(oc_store_meta_get(s, "a", &g), 0, "meta_get after reopen");
+	CHECK(g.shape[0] == 16 * W && !strcmp(g.attrs, "{\"x\": 3}"), "metadata persisted");
+	oc_array_meta_clear(&g);
+	if (view_open(s, "a", 16, &a) || view_open(s, "b", 4, &b))
+		return;
+	int ok = blk_is(&a, 0, 500);
+	for (uint64_t i = 1; i < 8; i++)
+		ok &= blk_is(&a, i, 100 + i);
+	for (uint64_t i = 8; i < 16; i++)
+		ok &= blk_is(&a, i, 0);
+	CHECK(ok, "data of a persisted (grown part reads zeros)");
+	CHECK(blk_is(&b, 0, 0) && blk_is(&b, 1, 0) && blk_is(&b, 3, 0), "holes read as zeros");
+
+	/* delete and create again under the same name */
+	CHECK_EQ(oc_store_delete(s, "b"), 0, "delete b");
+	m = meta1(2, NULL);
+	CHECK_EQ(oc_store_create(s, "b", &m), 0, "create b again");
+	names[0] = 0;
+	oc_store_names(s, count_name, names);
+	CHECK(!strcmp(names, "a,b,"), "names in txn: %s", names);
+	CHECK_EQ(oc_store_commit(s), 0, "commit delete + create");
+	CHECK_EQ(oc_store_meta_get(s, "b", &g), 0, "new b");
+	CHECK_EQ(g.shape[0], 2 * W, "new b has its own shape");
+	oc_array_meta_clear(&g);
+	view_close(&a);
+	view_close(&b);
+	CHECK_EQ(oc_store_close(s), 0, "close");
+}
+
+/* ---- two processes ---------------------------------------------------------- */
+
+/* Child: write value val into block blk of array a and commit; exit with
+ * 0 on success, 2 on conflict, 1 on other errors. */
+static void child_write(const char *path, uint64_t blk, uint64_t val)
+{
+	oc_store_t *s = child_open(path);
+	struct view a;
+	int err;
+	if (!s || view_open(s, "a", 16, &a))
+		_exit(1);
+	fill(&a, blk, val);
+	err = oc_store_commit(s);
+	view_close(&a);
+	oc_store_close(s);
+	_exit(err == OC_ECONFLICT ? 2 : err ? 1 : 0);
+}
+
+static int run_child(const char *path, uint64_t blk, uint64_t val)
+{
+	int status;
+	pid_t pid = fork();
+	if (pid == 0)
+		child_write(path, blk, val);
+	if (pid < 0 || waitpid(pid, &status, 0) != pid || !WIFEXITED(status))
+		return -1;
+	return WEXITSTATUS(status);
+}
+
+static void test_two_processes(const char *path)
+{
+	oc_store_t *s = sopen(path, 0);
+	oc_store_stats_t ss;
+	struct view a;
+	uint64_t before;
+	int ok;
+
+	CHECK(s, "open for two processes");
+	if (!s || view_open(s, "a", 16, &a))
+		return;
+
+	/* disjoint blocks both commit */
+	fill(&a, 5, 705);
+	CHECK_EQ(run_child(path, 2, 702), 0, "child commits block 2");
+	CHECK(blk_is(&a, 2, 102), "our snapshot still shows the old block 2");
+	CHECK_EQ(oc_store_commit(s), 0, "we commit block 5 after it");
+	CHECK(blk_is(&a, 2, 702) && blk_is(&a, 5, 705), "both changes visible");
+
+	/* the same block: exactly one conflict */
+	fill(&a, 3, 803);
+	CHECK_EQ(run_child(path, 3, 903), 0, "child commits block 3 first");
+	CHECK_EQ(oc_store_commit(s), OC_ECONFLICT, "our commit of block 3 conflicts");
+	CHECK(oc_fileh_isdirty(a.fh) && blk_is(&a, 3, 803), "dirty data kept after the conflict");
+	{
+		oc_array_meta_t m = meta1(1, NULL);
+		CHECK_EQ(oc_store_create(s, "z", &m), OC_EFAILED, "failed store refuses changes");
+	}
+	CHECK_EQ(oc_store_commit(s), OC_ECONFLICT, "retry conflicts again");
+	CHECK_EQ(oc_store_abort(s), 0, "abort clears the failure");
+	CHECK(blk_is(&a, 3, 903), "after abort: the other process's data");
+	oc_store_stats(s, &ss);
+	CHECK_EQ(ss.conflicts, 2, "conflicts counted");
+
+	/* invalidation keeps the other pages */
+	ok = 1;
+	for (uint64_t i = 0; i < 8; i++)
+		ok &= blk_val(&a, i) != 1; /* touch them all */
+	CHECK(ok, "read all of a");
+	before = ram_brings();
+	CHECK_EQ(run_child(path, 4, 604), 0, "child commits block 4");
+	CHECK(blk_is(&a, 4, 104), "old block 4 until our next transaction");
+	CHECK_EQ(oc_store_commit(s), 0, "empty commit starts a new transaction");
+	oc_store_stats(s, &ss);
+	CHECK_EQ(ss.invalidated, 3, "one block invalidated now (blocks 2, 3 before)");
+	ok = 1;
+	for (uint64_t i = 0; i < 8; i++)
+		ok &= blk_val(&a, i) != 1;
+	CHECK(ok && blk_is(&a, 4, 604), "new block 4 seen");
+	CHECK_EQ(ram_brings() - before, 1, "only block 4 was loaded again");
+	view_close(&a);
+	CHECK_EQ(oc_store_close(s), 0, "close");
+}
+
+/* ---- crash safety ----------------------------------------------------------- */
+
+#define CK 4 /* blocks per array in the crash test */
+
+static void crash_child(const char *path, uint64_t start, int fd)
+{
+	oc_store_t *s = child_open(path);
+	struct view a, b;
+	char attrs[64];
+	if (!s || view_open(s, "ca", CK, &a) || view_open(s, "cb", CK, &b))
+		_exit(1);
+	for (uint64_t i = start;; i++) {
+		oc_array_meta_t m = meta1(CK, attrs);
+		for (uint64_t k = 0; k < CK; k++) {
+			fill(&a, k, i);
+			fill(&b, k, i);
+		}
+		snprintf(attrs, sizeof attrs, "{\"i\": %llu}", (unsigned long long)i);
+		if (oc_store_meta_set(s, "ca", &m) || oc_store_commit(s))
+			_exit(3);
+		if (write(fd, &i, sizeof i) != sizeof i)
+			_exit(4);
+	}
+}
+
+/* The single value the store holds, or 0 when it is mixed. */
+static uint64_t crash_state(const char *path)
+{
+	oc_store_t *s = sopen(path, 0);
+	struct view a, b;
+	uint64_t v, ok = 1;
+	if (!s)
+		return 0;
+	if (view_open(s, "ca", CK, &a) || view_open(s, "cb", CK, &b)) {
+		oc_store_close(s);
+		return 0;
+	}
+	v = blk_val(&a, 0);
+	for (uint64_t k = 0; k < CK; k++)
+		ok &= blk_is(&a, k, v) && blk_is(&b, k, v);
+	if (attr_i(s, "ca") != v)
+		ok = 0;
+	if (oc_fileh_load(a.fh, 0, CK) || oc_fileh_load(b.fh, 0, CK))
+		ok = 0; /* checksums */
+	view_close(&a);
+	view_close(&b);
+	oc_store_close(s);
+	return ok ? v : 0;
+}
+
+static void test_crash(const char *path)
+{
+	oc_store_t *s = sopen(path, OC_STORE_CREATE);
+	oc_array_meta_t m = meta1(CK, "{\"i\": 1}");
+	struct view a, b;
+	unsigned long rounds = 24 / check_scale();
+	uint64_t cur = 1, bad = 0, killed_after_commit = 0;
+
+	if (rounds < 8)
+		rounds = 8;
+	if (!s)
+		return;
+	oc_store_create(s, "ca", &m);
+	oc_store_create(s, "cb", &m);
+	if (view_open(s, "ca", CK, &a) || view_open(s, "cb", CK, &b))
+		return;
+	for (uint64_t k = 0; k < CK; k++) {
+		fill(&a, k, 1);
+		fill(&b, k, 1);
+	}
+	CHECK_EQ(oc_store_commit(s), 0, "crash test: first commit");
+	view_close(&a);
+	view_close(&b);
+	oc_store_close(s);
+
+	srand(12345);
+	for (unsigned long r = 0; r < rounds; r++) {
+		int p[2], status;
+		uint64_t last = cur, x, got;
+		pid_t pid;
+		if (pipe(p))
+			break;
+		pid = fork();
+		if (pid == 0) {
+			close(p[0]);
+			crash_child(path, cur + 1, p[1]);
+		}
+		close(p[1]);
+		usleep((useconds_t)(2000 + rand() % (20000 * (int)check_scale())));
+		kill(pid, SIGKILL);
+		waitpid(pid, &status, 0);
+		while (read(p[0], &x, sizeof x) == sizeof x)
+			last = x;
+		close(p[0]);
+		got = crash_state(path);
+		if (got != last && got != last + 1) {
+			bad++;
+			printf("# round %lu: store holds %llu, last commit %llu\n", r,
+			       (unsigned long long)got, (unsigned long long)last);
+		}
+		if (WIFEXITED(status)) {
+			printf("# round %lu: child exited %d\n", r, WEXITSTATUS(status));
+			bad++;
+		}
+		killed_after_commit += last > cur;
+		if (got)
+			cur = got;
+	}
+	CHECK_EQ(bad, 0, "after every SIGKILL the store is the last or the in-flight commit");
+	CHECK(killed_after_commit > 0, "commits happened between kills (%llu rounds)",
+	      (unsigned long long)killed_after_commit);
+}
+
+/* ---- corruption --------------------------------------------------------------- */
+
+static void test_corrupt(const char *path, const char *copy)
+{
+	oc_store_t *s = sopen(path, 0);
+	oc_fileh_t *fh;
+	oc_file_t *f;
+	char from[700], to[700];
+	uint64_t off = 0;
+	int fd, err, flags[3] = {0, OC_STORE_NOMAP, OC_STORE_NOVERIFY};
+
+	if (!s || oc_store_array_fileh(s, "a", &fh))
+		return;
+	f = oc_fileh_file(fh);
+	CHECK_EQ(f->ops->mapblk(f, 1, &fd, &off), 0, "block 1 of a is mappable");
+	oc_store_close(s);
+
+	mkdir(copy, 0755);
+	snprintf(from, sizeof from, "%s/index.mdb", path);
+	snprintf(to, sizeof to, "%s/index.mdb", copy);
+	CHECK(!copy_file(from, to), "copy index");
+	snprintf(from, sizeof from, "%s/data", path);
+	snprintf(to, sizeof to, "%s/data", copy);
+	CHECK(!copy_file(from, to), "copy data");
+	fd = open(to, O_RDWR);
+	{
+		unsigned char c;
+		CHECK(pread(fd, &c, 1, (off_t)off + 1000) == 1, "read a byte");
+		c ^= 0x5a;
+		CHECK(pwrite(fd, &c, 1, (off_t)off + 1000) == 1, "flip it");
+	}
+	close(fd);
+
+	for (int i = 0; i < 3; i++) {
+		oc_store_stats_t ss;
+		s = sopen(copy, flags[i]);
+		if (!s || oc_store_array_fileh(s, "a", &fh))
+			return;
+		err = oc_fileh_load(fh, 1, 1);
+		if (flags[i] == OC_STORE_NOVERIFY) {
+			CHECK_EQ(err, 0, "unverified load returns the data");
+		} else {
+			CHECK(err == OC_ECORRUPT, "corrupt block: OC_ECORRUPT (%s): %d",
+			      i ? "loadblk" : "mapblk", err);
+			oc_store_stats(s, &ss);
+			CHECK_EQ(ss.corrupt, 1, "corruption counted");
+		}
+		CHECK_EQ(oc_fileh_load(fh, 2, 1), 0, "other blocks load");
+		oc_store_close(s);
+	}
+}
+
+/* ---- bad input ----------------------------------------------------------------- */
+
+static void test_bad_input(const char *path)
+{
+	char p[600], q[600];
+	oc_store_t *s, *s2;
+	oc_array_meta_t m = meta1(2, NULL), g;
+	struct view a;
+	int fd;
+
+	path_of(p, sizeof p, "plainfile");
+	fd = open(p, O_CREAT | O_WRONLY, 0644);
+	CHECK(fd >= 0 && write(fd, "hello world", 11) == 11, "a random file");
+	close(fd);
+	CHECK_EQ(oc_store_open(&s, p, 0, ram), OC_ENOTSTORE, "a file: ENOTSTORE");
+	CHECK_EQ(oc_store_open(&s, p, OC_STORE_CREATE, ram), OC_ENOTSTORE,
+		 "a file with CREATE: ENOTSTORE");
+	path_of(p, sizeof p, "emptydir");
+	mkdir(p, 0755);
+	CHECK_EQ(oc_store_open(&s, p, 0, ram), OC_ENOTSTORE, "an empty directory: ENOTSTORE");
+	path_of(p, sizeof p, "missing");
+	CHECK_EQ(oc_store_open(&s, p, 0, ram), -ENOENT, "missing: ENOENT");
+	CHECK_EQ(oc_store_open(&s, p, OC_STORE_RDONLY | OC_STORE_CREATE, ram), -EINVAL,
+		 "RDONLY|CREATE: EINVAL");
+	path_of(p, sizeof p, "garbage");
+	mkdir(p, 0755);
+	path_of(q, sizeof q, "garbage/index.mdb");
+	fd = open(q, O_CREAT | O_WRONLY, 0644);
+	for (int i = 0; i < 64; i++)
+		if (write(fd, "garbage garbage garbage garbage garbage garbage garbage garbage ", 64) != 64)
+			printf("# short write\n");
+	close(fd);
+	CHECK_EQ(oc_store_open(&s, p, OC_STORE_CREATE, ram), OC_ENOTSTORE, "garbage index: ENOTSTORE");
+
+	/* a newer format version */
+	path_of(p, sizeof p, "newer");
+	s = sopen(p, OC_STORE_CREATE);
+	CHECK(s, "create a store to make newer");
+	oc_store_close(s);
+	{
+		MDB_env *env;
+		MDB_txn *t;
+		MDB_dbi d;
+		MDB_val k = {6, "format"}, v;
+		unsigned char rec[64];
+		int rc;
+		path_of(q, sizeof q, "newer/index.mdb");
+		mdb_env_create(&env);
+		mdb_env_set_maxdbs(env, 8);
+		mdb_env_set_mapsize(env, (size_t)256 << 20); /* fits valgrind */
+		rc = mdb_env_open(env, q, MDB_NOSUBDIR, 0644);
+		rc = rc ? rc : mdb_txn_begin(env, NULL, 0, &t);
+		rc = rc ? rc : mdb_dbi_open(t, "meta", 0, &d);
+		rc = rc ? rc : mdb_get(t, d, &k, &v);
+		if (!rc && v.mv_size <= sizeof rec) {
+			memcpy(rec, v.mv_data, v.mv_size);
+			rec[16] = 99;
+			v.mv_data = rec;
+			rc = mdb_put(t, d, &k, &v, 0);
+			rc = rc ? rc : mdb_txn_commit(t);
+		}
+		mdb_env_close(env);
+		CHECK_EQ(rc, 0, "bump the format version");
+	}
+	s = NULL;
+	CHECK_EQ(oc_store_open(&s, p, 0, ram), OC_EVERSION, "newer version: EVERSION");
+	oc_store_close(s);
+
+	/* names and metadata */
+	s = sopen(path, 0);
+	if (!s)
+		return;
+	CHECK_EQ(oc_store_open(&s2, path, 0, ram), -EBUSY, "second open in one process: EBUSY");
+	CHECK_EQ(oc_store_create(s, "", &m), -EINVAL, "empty name");
+	CHECK_EQ(oc_store_create(s, "a\nb", &m), -EINVAL, "control character in name");
+	memset(q, 'x', 300);
+	q[300] = 0;
+	CHECK_EQ(oc_store_create(s, q, &m), -EINVAL, "name too long");
+	CHECK_EQ(oc_store_create(s, "ünïcode/é", &m), 0, "odd but valid name");
+	g = m;
+	g.ndim = 33;
+	CHECK_EQ(oc_store_create(s, "x", &g), -EINVAL, "ndim 33");
+	g = m;
+	g.order = 'X';
+	CHECK_EQ(oc_store_create(s, "x", &g), -EINVAL, "bad order");
+	g = m;
+	g.dtype = (char *)"";
+	CHECK_EQ(oc_store_create(s, "x", &g), -EINVAL, "empty dtype");
+	g = m;
+	g.shape[0] = UINT64_MAX;
+	CHECK_EQ(oc_store_create(s, "x", &g), -EINVAL, "overflowing shape");
+	g = m;
+	g.blksize = 5000;
+	CHECK_EQ(oc_store_create(s, "x", &g), -EINVAL, "bad block size");
+	g = m;
+	g.blksize = BS * 2;
+	CHECK_EQ(oc_store_meta_set(s, "a", &g), -EINVAL, "block size change");
+	CHECK_EQ(oc_store_delete(s, "nope"), OC_ENOTFOUND, "delete missing");
+	CHECK_EQ(oc_store_commit(s), 0, "commit the odd name");
+	if (!view_open(s, "a", 2, &a)) {
+		fill(&a, 0, 42);
+		CHECK_EQ(oc_fileh_writeout(a.fh, OC_WRITEOUT_STORE | OC_WRITEOUT_MARKSTORED),
+			 -EPERM, "writeout by hand: EPERM");
+		CHECK_EQ(oc_store_abort(s), 0, "abort");
+		view_close(&a);
+	}
+	oc_store_close(s);
+
+	/* read-only */
+	s = sopen(path, OC_STORE_RDONLY);
+	CHECK(s, "open read-only");
+	if (!s)
+		return;
+	CHECK_EQ(oc_store_create(s, "x", &m), OC_EREADONLY, "create read-only: EREADONLY");
+	CHECK_EQ(oc_store_delete(s, "a"), OC_EREADONLY, "delete read-only: EREADONLY");
+	CHECK_EQ(oc_store_commit(s), 0, "empty commit of a read-only store");
+	if (!view_open(s, "a", 2, &a)) {
+		uint64_t v0 = blk_val(&a, 0);
+		fill(&a, 0, 4242);
+		CHECK_EQ(oc_store_commit(s), OC_EREADONLY, "commit of changes: EREADONLY");
+		CHECK_EQ(oc_store_abort(s), 0, "abort");
+		CHECK(blk_val(&a, 0) == v0, "data unchanged");
+		view_close(&a);
+	}
+	oc_store_close(s);
+	s = sopen(path, 0);
+	if (s) {
+		CHECK(attr_i(s, "a") != UINT64_MAX, "store still readable");
+		if (!view_open(s, "a", 2, &a)) {
+			CHECK(blk_is(&a, 0, 500), "stored data unchanged");
+			view_close(&a);
+		}
+		oc_store_close(s);
+	}
+}
+
+/* Read-only open of a store the user may not write: a child that runs as
+ * nobody (only possible when the test runs as root). */
+static void test_unwritable(const char *path)
+{
+	pid_t pid;
+	int status;
+
+	if (geteuid() != 0) {
+		printf("# not root: read-only open of an unwritable store not tested\n");
+		return;
+	}
+	chmod(base, 0755);
+	pid = fork();
+	if (pid == 0) {
+		oc_store_t *s = NULL;
+		struct view a;
+		int err;
+		if (setgid(65534) || setuid(65534))
+			_exit(10);
+		parent_ram = ram;
+		ram = tf_ram(BS, 64 * BS, &err);
+		if (!ram)
+			_exit(11);
+		if (oc_store_open(&s, path, 0, ram) != -EACCES)
+			_exit(12);
+		s = sopen(path, OC_STORE_RDONLY);
+		if (!s || view_open(s, "a", 2, &a))
+			_exit(13);
+		err = !blk_is(&a, 0, 500) || !blk_is(&a, 1, 101);
+		view_close(&a);
+		oc_store_close(s);
+		_exit(err ? 14 : 0);
+	}
+	CHECK(pid > 0 && waitpid(pid, &status, 0) == pid && WIFEXITED(status),
+	      "child as nobody");
+	CHECK_EQ(WEXITSTATUS(status), 0,
+		 "a store the user cannot write: rw open EACCES, read-only open reads");
+	chmod(base, 0700);
+}
+
+int main(void)
+{
+	char p[600], c[600];
+	int err;
+
+	snprintf(base, sizeof base, "/tmp/oc_test_store.XXXXXX");
+	if (!mkdtemp(base))
+		check_skip("no temporary directory");
+	ram = tf_ram(BS, 64 * BS, &err);
+	if (!ram) {
+		printf("# ram: %s\n", oc_strerror(err));
+		return 1;
+	}
+	path_of(p, sizeof p, "s1");
+	test_roundtrip(p);
+	test_two_processes(p);
+	path_of(c, sizeof c, "s1copy");
+	test_corrupt(p, c);
+	test_bad_input(p);
+	test_unwritable(p);
+	path_of(p, sizeof p, "crash");
+	test_crash(p);
+	rm_tree(base);
+	oc_ram_close(ram);
+	return check_done();
+}
