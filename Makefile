@@ -228,7 +228,7 @@ demo:
 	else echo "demo: no examples/demo.c yet"; fi
 
 bench:
-	@$(DEPS)
+	@$(DEPS) bench
 	@$(MAKE) --no-print-directory all benches
 	@$(MAKE) --no-print-directory bench-c bench-python
 

@@ -9,6 +9,7 @@
  * Objects and who holds whom:
  *
  *   VMA  --strong-->  FileH  --strong-->  BigFile, RAM
+ *   VMA  --strong-->  FileH (borrowed)  --strong-->  Store  --strong-->  RAM
  *
  * A VMA unmaps itself when its last reference dies; a FileH closes its C
  * handle when its last reference dies, which can only happen after every
@@ -16,6 +17,9 @@
  * file and RAM live in.  GC: a VMA clears only its .pyuser in tp_clear, a
  * FileH clears nothing (its references are what keeps the C objects valid);
  * cycles through a BigFile subclass are broken by clearing its __dict__.
+ * A store's array handles belong to the C store (store.h): their FileH
+ * objects are "borrowed" (they never close the handle) and hold the Store
+ * object, whose C store closes only when no mapping of them is left.
  *
  * Python-defined files.  The oc_file_t is embedded in the BigFile object.
  * The object owns the reference oc_file_init() gives and drops it in
@@ -146,7 +150,7 @@ static const struct errmap {
 	{-ERANGE, &InvalidArgument},
 	{-EOVERFLOW, &InvalidArgument},
 	{OC_EBLKSIZE, &InvalidArgument},
-	{OC_EVERSION, &InvalidArgument},
+	{OC_EVERSION, &StoreError}, /* a store of a newer format */
 	{-ENOMEM, &OutOfMemory},
 	{OC_EMAPLIMIT, &OutOfMemory},
 	{OC_ENOHUGE, &OutOfMemory},
@@ -1109,9 +1113,11 @@ static PyTypeObject PlainFileType = {
 typedef struct {
 	PyObject_HEAD
 	oc_fileh_t *fh;   /* NULL once closed */
-	PyObject *file;   /* BigFileObject */
+	PyObject *file;   /* BigFileObject, or the StoreObject (borrowed) */
 	PyObject *ram;    /* RAMObject */
 	Py_ssize_t nvma;  /* live VMA objects */
+	size_t blksize;
+	int borrowed;     /* a store's handle: the store closes it, not us */
 	PyObject *weakreflist;
 } FileHObject;
 
@@ -1141,17 +1147,26 @@ static PyObject *fileh_new(BigFileObject *file, RAMObject *ram,
 	o->file = Py_NewRef((PyObject *)file);
 	o->ram = Py_NewRef((PyObject *)ram);
 	o->nvma = 0;
+	o->blksize = file->file->blksize;
+	o->borrowed = 0;
 	o->weakreflist = NULL;
 	file->nhandles++;
 	PyObject_GC_Track(o);
 	return (PyObject *)o;
 }
 
-/* Close the C handle.  Returns 0 or the core's error (handle stays). */
+/* Close the C handle.  Returns 0 or the core's error (handle stays).  A
+ * borrowed handle (a store's) is only forgotten: its store closes it. */
 static int fileh_close_c(FileHObject *self)
 {
 	if (!self->fh)
 		return 0;
+	if (self->borrowed) {
+		if (self->nvma > 0)
+			return -EBUSY;
+		self->fh = NULL;
+		return 0;
+	}
 	int err;
 	NOGIL_CALL(err = oc_fileh_close(self->fh));
 	if (err == 0) {
@@ -1362,7 +1377,7 @@ static PyObject *FileH_get_closed(FileHObject *self, void *c)
 static PyObject *FileH_get_blksize(FileHObject *self, void *c)
 {
 	(void)c;
-	return PyLong_FromSize_t(((BigFileObject *)self->file)->file->blksize);
+	return PyLong_FromSize_t(self->blksize);
 }
 
 static PyObject *FileH_repr(FileHObject *self)
@@ -1548,7 +1563,7 @@ static PyObject *VMA_filerange(VMAObject *self, PyObject *unused)
 	(void)unused;
 	if (vma_check(self))
 		return NULL;
-	size_t ps = ((BigFileObject *)self->fileh->file)->file->blksize;
+	size_t ps = self->fileh->blksize;
 	return Py_BuildValue("KK",
 			     (unsigned long long)oc_vma_pgoffset(self->vma),
 			     (unsigned long long)(oc_vma_len(self->vma) / ps));
@@ -1557,8 +1572,7 @@ static PyObject *VMA_filerange(VMAObject *self, PyObject *unused)
 static PyObject *VMA_pagesize(VMAObject *self, PyObject *unused)
 {
 	(void)unused;
-	return PyLong_FromSize_t(
-		((BigFileObject *)self->fileh->file)->file->blksize);
+	return PyLong_FromSize_t(self->fileh->blksize);
 }
 
 static PyObject *VMA_unmap(VMAObject *self, PyObject *unused)
@@ -1579,7 +1593,7 @@ static PyObject *VMA_repr(VMAObject *self)
 {
 	if (!self->vma)
 		return PyUnicode_FromString("<outcore.VMA (unmapped)>");
-	size_t ps = ((BigFileObject *)self->fileh->file)->file->blksize;
+	size_t ps = self->fileh->blksize;
 	return PyUnicode_FromFormat(
 		"<outcore.VMA blocks [%llu, %llu) at %p>",
 		(unsigned long long)oc_vma_pgoffset(self->vma),
@@ -1645,6 +1659,603 @@ static PyTypeObject VMAType = {
 	.tp_methods = VMA_methods,
 	.tp_members = VMA_members,
 	.tp_getset = VMA_getset,
+};
+
+/* ---- Store ----------------------------------------------------------------- */
+
+/* A transactional store (store.h).  The store owns its arrays' C handles:
+ * array_fileh() wraps one in a borrowed FileH (one Python object per C
+ * handle while it lives, found again through a weak reference) that holds
+ * the Store object and never closes the handle.  So the C store outlives
+ * every FileH and VMA of it; close() refuses while a mapping of one of its
+ * handles is alive, and forgets the handles of the FileH objects left.
+ *
+ * All calls on one store come from one thread at a time (store.h): commit
+ * and abort run with the GIL released and set busy, which every other
+ * method checks (BusyError). */
+
+typedef struct {
+	PyObject_HEAD
+	oc_store_t *st;     /* NULL once closed */
+	PyObject *ram;      /* RAMObject */
+	PyObject *path;     /* str or bytes, as given */
+	int flags;
+	int busy;           /* commit/abort running without the GIL */
+	PyObject *handles;  /* dict: C handle address -> weakref to FileH */
+	PyObject *weakreflist;
+} StoreObject;
+
+static PyTypeObject StoreType;
+
+static int store_check(StoreObject *self)
+{
+	if (!self->st) {
+		PyErr_SetString(InvalidArgument, "operation on a closed store");
+		return -1;
+	}
+	if (self->busy) {
+		PyErr_SetString(BusyError,
+				"the store is busy: a commit or abort runs in "
+				"another thread (calls on one store must not "
+				"overlap)");
+		return -1;
+	}
+	return 0;
+}
+
+static int Store_init(StoreObject *self, PyObject *args, PyObject *kw)
+{
+	static char *kwlist[] = {"path", "flags", "ram", NULL};
+	PyObject *path_o, *ram_o = Py_None, *pathb = NULL;
+	int flags = 0;
+	if (!PyArg_ParseTupleAndKeywords(args, kw, "O|iO:Store", kwlist,
+					 &path_o, &flags, &ram_o))
+		return -1;
+	if (self->st) {
+		PyErr_SetString(PyExc_TypeError, "Store already initialised");
+		return -1;
+	}
+	if (!PyUnicode_FSConverter(path_o, &pathb))
+		return -1;
+	PyObject *ram;
+	if (ram_o == Py_None) {
+		ram = ram_wrap_default(OC_PAGESIZE_DEFAULT);
+	} else if (PyObject_TypeCheck(ram_o, &RAMType)) {
+		ram = ram_check((RAMObject *)ram_o) ? NULL : Py_NewRef(ram_o);
+	} else {
+		PyErr_Format(PyExc_TypeError,
+			     "ram must be an outcore.RAM or None, not %.100s",
+			     Py_TYPE(ram_o)->tp_name);
+		ram = NULL;
+	}
+	if (!ram) {
+		Py_DECREF(pathb);
+		return -1;
+	}
+	PyObject *handles = PyDict_New();
+	if (!handles) {
+		Py_DECREF(pathb);
+		Py_DECREF(ram);
+		return -1;
+	}
+	const char *path = PyBytes_AS_STRING(pathb);
+	oc_store_t *st;
+	int err;
+	NOGIL_CALL(err = oc_store_open(&st, path, flags,
+				       ((RAMObject *)ram)->ram));
+	if (err) {
+		raise_code(err, "Store(%s)", path);
+		Py_DECREF(pathb);
+		Py_DECREF(ram);
+		Py_DECREF(handles);
+		return -1;
+	}
+	Py_DECREF(pathb);
+	self->st = st;
+	self->flags = flags;
+	Py_XSETREF(self->ram, ram);
+	Py_XSETREF(self->path, Py_NewRef(path_o));
+	Py_XSETREF(self->handles, handles);
+	return 0;
+}
+
+/* Forget the C handles of the FileH objects still alive (after the C store
+ * closed them). */
+static void store_forget_handles(StoreObject *self)
+{
+	PyObject *key, *wr;
+	Py_ssize_t pos = 0;
+	if (!self->handles)
+		return;
+	while (PyDict_Next(self->handles, &pos, &key, &wr)) {
+		PyObject *fo = PyWeakref_GetObject(wr);
+		if (fo && fo != Py_None)
+			((FileHObject *)fo)->fh = NULL;
+	}
+	PyDict_Clear(self->handles);
+}
+
+/* The live mappings of this store's handles. */
+static Py_ssize_t store_nmaps(StoreObject *self)
+{
+	PyObject *key, *wr;
+	Py_ssize_t pos = 0, n = 0;
+	if (!self->handles)
+		return 0;
+	while (PyDict_Next(self->handles, &pos, &key, &wr)) {
+		PyObject *fo = PyWeakref_GetObject(wr);
+		if (fo && fo != Py_None && ((FileHObject *)fo)->fh)
+			n += ((FileHObject *)fo)->nvma;
+	}
+	return n;
+}
+
+static void Store_dealloc(StoreObject *self)
+{
+	if (self->weakreflist)
+		PyObject_ClearWeakRefs((PyObject *)self);
+	if (self->st) {
+		/* No FileH of ours is left (each holds this object), so no
+		 * mapping either: the close cannot be refused. */
+		int err;
+		NOGIL_CALL(err = oc_store_close(self->st));
+		(void)err;
+		self->st = NULL;
+	}
+	Py_XDECREF(self->handles);
+	Py_XDECREF(self->ram);
+	Py_XDECREF(self->path);
+	Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyObject *Store_close(StoreObject *self, PyObject *unused)
+{
+	(void)unused;
+	if (!self->st)
+		Py_RETURN_NONE;
+	if (store_check(self))
+		return NULL;
+	/* Refuse before the C store closes some handles and not others. */
+	Py_ssize_t n = store_nmaps(self);
+	if (n > 0)
+		return raise_code(-EBUSY, "Store.close(): %zd mapping(s) of its "
+					  "arrays are alive (arrays or views "
+					  "still referenced)", n);
+	int err;
+	self->busy = 1;
+	NOGIL_CALL(err = oc_store_close(self->st));
+	self->busy = 0;
+	if (err)
+		return raise_code(err, "Store.close()");
+	self->st = NULL;
+	store_forget_handles(self);
+	Py_RETURN_NONE;
+}
+
+/* Fill *m from (shape, dtype, order, blksize, attrs); the strings point into
+ * the Python objects, which the caller keeps alive. */
+static int meta_from_args(oc_array_meta_t *m, PyObject *shape_o,
+			  const char *dtype, const char *order,
+			  uint64_t blksize, const char *attrs)
+{
+	memset(m, 0, sizeof(*m));
+	PyObject *seq = PySequence_Fast(shape_o, "shape must be a sequence "
+						 "of ints");
+	if (!seq)
+		return -1;
+	Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+	if (n > OC_STORE_MAXDIM) {
+		Py_DECREF(seq);
+		PyErr_Format(InvalidArgument, "%zd dimensions: at most %d", n,
+			     OC_STORE_MAXDIM);
+		return -1;
+	}
+	for (Py_ssize_t i = 0; i < n; i++) {
+		PyObject *it = PySequence_Fast_GET_ITEM(seq, i);
+		PyObject *ix = PyNumber_Index(it);
+		if (!ix) {
+			Py_DECREF(seq);
+			return -1;
+		}
+		int ok = u64_conv(ix, &m->shape[i]);
+		Py_DECREF(ix);
+		if (!ok) {
+			Py_DECREF(seq);
+			return -1;
+		}
+		if (m->shape[i] > INT64_MAX) {
+			Py_DECREF(seq);
+			PyErr_Format(InvalidArgument,
+				     "shape[%zd] = %llu is past 2**63-1", i,
+				     (unsigned long long)m->shape[i]);
+			return -1;
+		}
+	}
+	Py_DECREF(seq);
+	if (strlen(order) != 1 || (order[0] != 'C' && order[0] != 'F')) {
+		PyErr_Format(InvalidArgument, "order must be 'C' or 'F', not "
+					      "'%s'", order);
+		return -1;
+	}
+	m->ndim = (unsigned)n;
+	m->dtype = (char *)dtype;
+	m->order = order[0];
+	m->blksize = blksize;
+	m->attrs = (char *)attrs;
+	return 0;
+}
+
+static PyObject *meta_to_dict(const oc_array_meta_t *m)
+{
+	PyObject *shape = PyTuple_New(m->ndim);
+	if (!shape)
+		return NULL;
+	for (unsigned i = 0; i < m->ndim; i++) {
+		PyObject *v = PyLong_FromUnsignedLongLong(m->shape[i]);
+		if (!v) {
+			Py_DECREF(shape);
+			return NULL;
+		}
+		PyTuple_SET_ITEM(shape, i, v);
+	}
+	char order[2] = {m->order, 0};
+	return Py_BuildValue("{sNsssssKss}", "shape", shape, "dtype", m->dtype,
+			     "order", order, "blksize",
+			     (unsigned long long)m->blksize, "attrs",
+			     m->attrs ? m->attrs : "{}");
+}
+
+static int store_meta_call(StoreObject *self, PyObject *args, PyObject *kw,
+			   int set)
+{
+	static char *kwlist[] = {"name", "shape", "dtype", "order", "blksize",
+				 "attrs", NULL};
+	const char *name, *dtype, *order = "C", *attrs = NULL;
+	PyObject *shape_o;
+	uint64_t blksize = 0;
+	if (!PyArg_ParseTupleAndKeywords(args, kw,
+					 set ? "sOs|sO&z:meta_set"
+					     : "sOs|sO&z:create",
+					 kwlist, &name, &shape_o, &dtype, &order,
+					 size_conv, &blksize, &attrs))
+		return -1;
+	if (store_check(self))
+		return -1;
+	oc_array_meta_t m;
+	if (meta_from_args(&m, shape_o, dtype, order, blksize, attrs))
+		return -1;
+	int err = set ? oc_store_meta_set(self->st, name, &m)
+		      : oc_store_create(self->st, name, &m);
+	if (err) {
+		raise_code(err, "Store.%s('%s')", set ? "meta_set" : "create",
+			   name);
+		return -1;
+	}
+	return 0;
+}
+
+static PyObject *Store_create(StoreObject *self, PyObject *args, PyObject *kw)
+{
+	if (store_meta_call(self, args, kw, 0))
+		return NULL;
+	Py_RETURN_NONE;
+}
+
+static PyObject *Store_meta_set(StoreObject *self, PyObject *args,
+				PyObject *kw)
+{
+	if (store_meta_call(self, args, kw, 1))
+		return NULL;
+	Py_RETURN_NONE;
+}
+
+static PyObject *Store_meta_get(StoreObject *self, PyObject *args)
+{
+	const char *name;
+	if (!PyArg_ParseTuple(args, "s:meta_get", &name))
+		return NULL;
+	if (store_check(self))
+		return NULL;
+	oc_array_meta_t m;
+	memset(&m, 0, sizeof(m));
+	int err = oc_store_meta_get(self->st, name, &m);
+	if (err)
+		return raise_code(err, "Store.meta_get('%s')", name);
+	PyObject *d = meta_to_dict(&m);
+	oc_array_meta_clear(&m);
+	return d;
+}
+
+static PyObject *Store_delete(StoreObject *self, PyObject *args)
+{
+	const char *name;
+	if (!PyArg_ParseTuple(args, "s:delete", &name))
+		return NULL;
+	if (store_check(self))
+		return NULL;
+	int err = oc_store_delete(self->st, name);
+	if (err)
+		return raise_code(err, "Store.delete('%s')", name);
+	Py_RETURN_NONE;
+}
+
+static int names_cb(const char *name, void *arg)
+{
+	PyObject *s = PyUnicode_DecodeUTF8(name, (Py_ssize_t)strlen(name),
+					   "surrogateescape");
+	if (!s)
+		return 1;
+	int r = PyList_Append((PyObject *)arg, s);
+	Py_DECREF(s);
+	return r ? 1 : 0;
+}
+
+static PyObject *Store_names(StoreObject *self, PyObject *unused)
+{
+	(void)unused;
+	if (store_check(self))
+		return NULL;
+	PyObject *l = PyList_New(0);
+	if (!l)
+		return NULL;
+	int err = oc_store_names(self->st, names_cb, l);
+	if (err == 1 && PyErr_Occurred()) {
+		Py_DECREF(l);
+		return NULL;
+	}
+	if (err) {
+		Py_DECREF(l);
+		return raise_code(err, "Store.names()");
+	}
+	return l;
+}
+
+static PyObject *Store_array_fileh(StoreObject *self, PyObject *args)
+{
+	const char *name;
+	if (!PyArg_ParseTuple(args, "s:array_fileh", &name))
+		return NULL;
+	if (store_check(self))
+		return NULL;
+	oc_fileh_t *fh;
+	int err;
+	err = oc_store_array_fileh(self->st, name, &fh);
+	if (err) {
+		if (err == OC_EBLKSIZE) {
+			oc_array_meta_t m;
+			memset(&m, 0, sizeof(m));
+			if (!oc_store_meta_get(self->st, name, &m)) {
+				raise_code(err, "Store.array_fileh('%s'): "
+					   "block size %llu, RAM page size "
+					   "%zu (open the store with a RAM of "
+					   "that page size)", name,
+					   (unsigned long long)m.blksize,
+					   oc_ram_pagesize(
+						   ((RAMObject *)self->ram)->ram));
+				oc_array_meta_clear(&m);
+				return NULL;
+			}
+		}
+		return raise_code(err, "Store.array_fileh('%s')", name);
+	}
+	PyObject *key = PyLong_FromVoidPtr(fh);
+	if (!key)
+		return NULL;
+	PyObject *wr = PyDict_GetItemWithError(self->handles, key);
+	if (wr) {
+		PyObject *fo = PyWeakref_GetObject(wr);
+		if (fo && fo != Py_None && ((FileHObject *)fo)->fh == fh) {
+			Py_DECREF(key);
+			return Py_NewRef(fo);
+		}
+	} else if (PyErr_Occurred()) {
+		Py_DECREF(key);
+		return NULL;
+	}
+	FileHObject *o = PyObject_GC_New(FileHObject, &FileHType);
+	if (!o) {
+		Py_DECREF(key);
+		return NULL;
+	}
+	o->fh = fh;
+	o->file = Py_NewRef((PyObject *)self);
+	o->ram = Py_NewRef(self->ram);
+	o->nvma = 0;
+	o->blksize = oc_fileh_file(fh)->blksize;
+	o->borrowed = 1;
+	o->weakreflist = NULL;
+	PyObject_GC_Track(o);
+	wr = PyWeakref_NewRef((PyObject *)o, NULL);
+	if (!wr || PyDict_SetItem(self->handles, key, wr) < 0) {
+		Py_XDECREF(wr);
+		Py_DECREF(key);
+		Py_DECREF(o);
+		return NULL;
+	}
+	Py_DECREF(wr);
+	Py_DECREF(key);
+	return (PyObject *)o;
+}
+
+static PyObject *Store_commit(StoreObject *self, PyObject *unused)
+{
+	(void)unused;
+	if (store_check(self))
+		return NULL;
+	int err;
+	self->busy = 1;
+	NOGIL_CALL(err = oc_store_commit(self->st));
+	self->busy = 0;
+	if (err)
+		return raise_code(err, "Store.commit()");
+	Py_RETURN_NONE;
+}
+
+static PyObject *Store_abort(StoreObject *self, PyObject *unused)
+{
+	(void)unused;
+	if (store_check(self))
+		return NULL;
+	int err;
+	self->busy = 1;
+	NOGIL_CALL(err = oc_store_abort(self->st));
+	self->busy = 0;
+	if (err)
+		return raise_code(err, "Store.abort()");
+	Py_RETURN_NONE;
+}
+
+static PyObject *Store_stats(StoreObject *self, PyObject *unused)
+{
+	(void)unused;
+	if (store_check(self))
+		return NULL;
+	oc_store_stats_t s;
+	int err = oc_store_stats(self->st, &s);
+	if (err)
+		return raise_code(err, "Store.stats()");
+	return Py_BuildValue(
+		"{sKsKsKsKsKsKsKsKsKsKsKsKsKsKsKsK}",
+		"commits", (unsigned long long)s.commits,
+		"aborts", (unsigned long long)s.aborts,
+		"failed_commits", (unsigned long long)s.failed_commits,
+		"conflicts", (unsigned long long)s.conflicts,
+		"blocks_stored", (unsigned long long)s.blocks_stored,
+		"blocks_zeroed", (unsigned long long)s.blocks_zeroed,
+		"bytes_written", (unsigned long long)s.bytes_written,
+		"loads", (unsigned long long)s.loads,
+		"maps", (unsigned long long)s.maps,
+		"holes", (unsigned long long)s.holes,
+		"verified", (unsigned long long)s.verified,
+		"corrupt", (unsigned long long)s.corrupt,
+		"invalidated", (unsigned long long)s.invalidated,
+		"snapshot", (unsigned long long)s.snapshot,
+		"data_size", (unsigned long long)s.data_size,
+		"narrays_open", (unsigned long long)s.narrays_open);
+}
+
+static PyObject *Store_enter(StoreObject *self, PyObject *unused)
+{
+	(void)unused;
+	return Py_NewRef(self);
+}
+
+static PyObject *Store_exit(StoreObject *self, PyObject *args)
+{
+	(void)args;
+	return Store_close(self, NULL);
+}
+
+static PyObject *Store_get_closed(StoreObject *self, void *c)
+{
+	(void)c;
+	return PyBool_FromLong(self->st == NULL);
+}
+
+static PyObject *Store_get_readonly(StoreObject *self, void *c)
+{
+	(void)c;
+	return PyBool_FromLong((self->flags & OC_STORE_RDONLY) != 0);
+}
+
+static PyObject *Store_repr(StoreObject *self)
+{
+	if (!self->path)
+		return PyUnicode_FromString("<outcore.Store (uninitialised)>");
+	return PyUnicode_FromFormat("<outcore.Store %R%s%s>", self->path,
+				    (self->flags & OC_STORE_RDONLY)
+					    ? " readonly" : "",
+				    self->st ? "" : " (closed)");
+}
+
+static PyMethodDef Store_methods[] = {
+	{"close", (PyCFunction)Store_close, METH_NOARGS,
+	 "close()\n\nClose the store, dropping uncommitted changes.  "
+	 "BusyError while a mapping of one of its arrays is alive (the store "
+	 "stays open).  The FileH objects of its arrays are closed with it.  "
+	 "Idempotent."},
+	{"create", (PyCFunction)(void (*)(void))Store_create,
+	 METH_VARARGS | METH_KEYWORDS,
+	 "create(name, shape, dtype, order='C', blksize=0, attrs=None)\n\n"
+	 "Create an array in this transaction.  shape: a sequence of ints; "
+	 "dtype: the dtype text (not interpreted); blksize 0: the RAM's page "
+	 "size; attrs: JSON text or None ('{}')."},
+	{"delete", (PyCFunction)Store_delete, METH_VARARGS,
+	 "delete(name)\n\nDelete an array in this transaction.  Its FileH "
+	 "stays valid and reads as zeros once the delete is committed."},
+	{"meta_get", (PyCFunction)Store_meta_get, METH_VARARGS,
+	 "meta_get(name) -> dict\n\nThe metadata as this transaction sees "
+	 "it: shape (tuple), dtype, order, blksize, attrs (JSON text)."},
+	{"meta_set", (PyCFunction)(void (*)(void))Store_meta_set,
+	 METH_VARARGS | METH_KEYWORDS,
+	 "meta_set(name, shape, dtype, order='C', blksize=0, attrs=None)\n\n"
+	 "Change the metadata in this transaction (blksize cannot change; 0 "
+	 "keeps it).  Blocks past a smaller shape are kept."},
+	{"names", (PyCFunction)Store_names, METH_NOARGS,
+	 "names() -> list\n\nThe arrays of this transaction, in byte order "
+	 "of their UTF-8 names."},
+	{"array_fileh", (PyCFunction)Store_array_fileh, METH_VARARGS,
+	 "array_fileh(name) -> FileH\n\nThe handle of an array (the same "
+	 "object while it lives).  The store owns the C handle: it lives "
+	 "until the store closes, across commits and aborts; its "
+	 "dirty_writeout fails (only commit writes)."},
+	{"commit", (PyCFunction)Store_commit, METH_NOARGS,
+	 "commit()\n\nCommit every change (data and metadata) atomically and "
+	 "durably, with the GIL released.  ConflictError if another process "
+	 "committed a change to the same block or metadata since this "
+	 "transaction began; on any error nothing is written, the changes "
+	 "are kept, and only abort() or another commit() is accepted."},
+	{"abort", (PyCFunction)Store_abort, METH_NOARGS,
+	 "abort()\n\nDrop every local change and begin a new transaction."},
+	{"stats", (PyCFunction)Store_stats, METH_NOARGS,
+	 "stats() -> dict\n\nCounters of the store: commits, aborts, "
+	 "failed_commits, conflicts, blocks_stored, blocks_zeroed, "
+	 "bytes_written, loads, maps, holes, verified, corrupt, invalidated; "
+	 "gauges snapshot, data_size, narrays_open."},
+	{"__enter__", (PyCFunction)Store_enter, METH_NOARGS, "Return self."},
+	{"__exit__", (PyCFunction)Store_exit, METH_VARARGS,
+	 "Close the store."},
+	{NULL, NULL, 0, NULL},
+};
+
+static PyMemberDef Store_members[] = {
+	{"path", T_OBJECT, offsetof(StoreObject, path), READONLY,
+	 "The path given to open."},
+	{"ram", T_OBJECT, offsetof(StoreObject, ram), READONLY,
+	 "The RAM of the arrays' handles."},
+	{"flags", T_INT, offsetof(StoreObject, flags), READONLY,
+	 "The STORE_* flags given to open."},
+	{NULL, 0, 0, 0, NULL},
+};
+
+static PyGetSetDef Store_getset[] = {
+	{"closed", (getter)Store_get_closed, NULL, "Whether closed.", NULL},
+	{"readonly", (getter)Store_get_readonly, NULL,
+	 "Whether opened read-only.", NULL},
+	{NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyTypeObject StoreType = {
+	PyVarObject_HEAD_INIT(NULL, 0)
+	.tp_name = "outcore.Store",
+	.tp_basicsize = sizeof(StoreObject),
+	.tp_dealloc = (destructor)Store_dealloc,
+	.tp_repr = (reprfunc)Store_repr,
+	.tp_flags = Py_TPFLAGS_DEFAULT,
+	.tp_doc = "Store(path, flags=0, ram=None)\n\n"
+		  "A transactional store of named arrays (the low level of "
+		  "outcore.open): flags are STORE_RDONLY, STORE_CREATE, "
+		  "STORE_NOVERIFY, STORE_NOMAP; ram an outcore.RAM whose page "
+		  "size is the arrays' block size (None: the default RAM of "
+		  "2 MiB pages).  A transaction begins at open and after each "
+		  "commit() and abort().  A process opens a store once at a "
+		  "time (BusyError); a forked child must open it anew.",
+	.tp_weaklistoffset = offsetof(StoreObject, weakreflist),
+	.tp_methods = Store_methods,
+	.tp_members = Store_members,
+	.tp_getset = Store_getset,
+	.tp_init = (initproc)Store_init,
+	.tp_new = PyType_GenericNew,
 };
 
 /* ---- module functions ----------------------------------------------------- */
@@ -1868,7 +2479,7 @@ static struct PyModuleDef coremodule = {
 	PyModuleDef_HEAD_INIT,
 	.m_name = "outcore._core",
 	.m_doc = "The CPython binding of the outcore C core (liboutcore): "
-		 "RAM, BigFile (MemFile, PlainFile), FileH, VMA, prefault, "
+		 "RAM, BigFile (MemFile, PlainFile), FileH, VMA, Store, prefault, "
 		 "memory helpers and the exception classes.",
 	.m_size = -1,
 	.m_methods = module_methods,
@@ -1937,7 +2548,8 @@ PyMODINIT_FUNC PyInit__core(void)
 	    add_type(m, &MemFileType, "MemFile") < 0 ||
 	    add_type(m, &PlainFileType, "PlainFile") < 0 ||
 	    add_type(m, &FileHType, "FileH") < 0 ||
-	    add_type(m, &VMAType, "VMA") < 0)
+	    add_type(m, &VMAType, "VMA") < 0 ||
+	    add_type(m, &StoreType, "Store") < 0)
 		goto fail;
 
 	if (PyModule_AddIntConstant(m, "WRITEOUT_STORE", OC_WRITEOUT_STORE) ||
@@ -1946,6 +2558,10 @@ PyMODINIT_FUNC PyInit__core(void)
 	    PyModule_AddIntConstant(m, "PAGESIZE_DEFAULT",
 				    (long)OC_PAGESIZE_DEFAULT) ||
 	    PyModule_AddIntConstant(m, "LOAD_RETRIES", OC_LOAD_RETRIES) ||
+	    PyModule_AddIntConstant(m, "STORE_RDONLY", OC_STORE_RDONLY) ||
+	    PyModule_AddIntConstant(m, "STORE_CREATE", OC_STORE_CREATE) ||
+	    PyModule_AddIntConstant(m, "STORE_NOVERIFY", OC_STORE_NOVERIFY) ||
+	    PyModule_AddIntConstant(m, "STORE_NOMAP", OC_STORE_NOMAP) ||
 	    PyModule_AddStringConstant(m, "core_version", oc_version()))
 		goto fail;
 	/* the core's codes, for tests and for matching exc.code */

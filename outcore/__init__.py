@@ -18,6 +18,12 @@ indexing semantics), and the low level that mirrors the C core:
 (``BigFile.fileh_open()``), :class:`VMA` (``FileH.mmap()``), and
 :func:`prefault`.  Errors of the core are raised as subclasses of
 :class:`Error`.
+
+Persistent arrays changed in transactions live in stores:
+``db = outcore.open(path, ram="512MiB")`` gives a :class:`Store`
+(``db.create``, ``db[name]``, ``db.commit()``, ``db.abort()``,
+``with db.transaction(): ...``) whose arrays are :class:`StoreArray`, a
+:class:`BigArray`; see :mod:`outcore.store`.
 """
 from . import _core
 from ._core import (  # noqa: F401  (re-exported)
@@ -48,11 +54,12 @@ from . import mem  # noqa: F401
 from ._prefault import prefault  # noqa: F401
 from .bigarray import BigArray  # noqa: F401
 from ._memmap import memmap  # noqa: F401
+from .store import Store, StoreArray, open  # noqa: F401
 
 __version__ = _core.core_version
 
 __all__ = [
-    "BigArray", "memmap", "prefault", "mem",
+    "BigArray", "memmap", "prefault", "mem", "open", "Store", "StoreArray",
     "BigFile", "MemFile", "PlainFile", "RAM", "FileH", "VMA",
     "WRITEOUT_STORE", "WRITEOUT_MARKSTORED",
     "parse_size", "ram_default", "ram_budget_default", "strerror",

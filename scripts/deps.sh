@@ -6,6 +6,9 @@
 # what is missing.  As a non-root user with something missing it prints the
 # command to run and exits 1.
 #
+# `deps.sh bench` also installs what the benchmarks compare against
+# (python3-zarr, python3-h5py).
+#
 # The sanitizer runtimes (libasan8, libubsan1, libtsan2) come with gcc-12
 # through libgcc-12-dev; they are listed anyway so that `-fsanitize=thread`
 # and `-fsanitize=address,undefined` are known to work whatever pulled gcc in.
@@ -19,6 +22,9 @@ python3 python3-dev python3-numpy python3-pytest python3-hypothesis
 python3-setuptools python3-psutil
 liblmdb-dev libxxhash-dev libpq-dev postgresql
 "
+if [ "${1:-}" = bench ]; then
+	PACKAGES="$PACKAGES python3-zarr python3-h5py"
+fi
 
 missing=
 for p in $PACKAGES; do

@@ -1,0 +1,771 @@
+"""Transactional stores (outcore.open): commit / abort / reopen round trips,
+metadata and attrs, bad input, two processes (disjoint blocks, conflicts,
+invalidation), pickling through a spawned process, an array 16x the budget.
+"""
+import gc
+import json
+import multiprocessing
+import os
+import pickle
+import select
+import subprocess
+import sys
+import textwrap
+
+import numpy
+import pytest
+
+import outcore
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+BS = 2 << 20            # the default RAM page size: the arrays' block size
+F8_PER_BLK = BS // 8
+
+
+@pytest.fixture
+def path(tmp_path):
+    return str(tmp_path / "db")
+
+
+def store(path, **kw):
+    kw.setdefault("ram", "128MiB")
+    return outcore.open(path, **kw)
+
+
+# ---- a peer process driven line by line ----------------------------------------
+
+PEER = textwrap.dedent(r"""
+    import json, sys
+    sys.path.insert(0, %r)
+    import numpy, outcore
+    ns = {"numpy": numpy, "outcore": outcore}
+    for line in sys.stdin:
+        cmd = json.loads(line)
+        try:
+            if cmd["eval"]:
+                r = eval(cmd["src"], ns)
+                if isinstance(r, numpy.ndarray):
+                    r = r.tolist()
+                elif isinstance(r, numpy.generic):
+                    r = r.item()
+            else:
+                exec(cmd["src"], ns)
+                r = None
+            out = {"ok": True, "value": r}
+        except BaseException as e:
+            out = {"ok": False, "error": type(e).__name__, "msg": str(e)}
+        print(json.dumps(out, default=repr), flush=True)
+""" % ROOT)
+
+
+class PeerError(Exception):
+    def __init__(self, name, msg):
+        super().__init__("%s: %s" % (name, msg))
+        self.name = name
+
+
+class Peer:
+    """Another process running the Python lines it is sent, in order."""
+
+    def __init__(self):
+        self.p = subprocess.Popen([sys.executable, "-c", PEER],
+                                  stdin=subprocess.PIPE,
+                                  stdout=subprocess.PIPE, text=True)
+
+    def send(self, src, ev=False):
+        self.p.stdin.write(json.dumps({"src": textwrap.dedent(src),
+                                       "eval": ev}) + "\n")
+        self.p.stdin.flush()
+
+    def result(self, timeout=60):
+        r, _, _ = select.select([self.p.stdout], [], [], timeout)
+        assert r, "peer did not answer in %d s" % timeout
+        line = self.p.stdout.readline()
+        assert line, "peer died (exit %s)" % self.p.poll()
+        out = json.loads(line)
+        if not out["ok"]:
+            raise PeerError(out["error"], out["msg"])
+        return out["value"]
+
+    def __call__(self, src):
+        self.send(src)
+        return self.result()
+
+    def eval(self, src):
+        self.send(src, ev=True)
+        return self.result()
+
+    def close(self):
+        if self.p.poll() is None:
+            self.p.stdin.close()
+            try:
+                self.p.wait(30)
+            except subprocess.TimeoutExpired:
+                self.p.kill()
+                self.p.wait()
+
+
+@pytest.fixture
+def peers():
+    made = []
+
+    def make():
+        p = Peer()
+        made.append(p)
+        return p
+    yield make
+    for p in made:
+        p.close()
+
+
+def outcome(peer):
+    """'ok' or the name of the exception of the command in flight."""
+    try:
+        peer.result()
+        return "ok"
+    except PeerError as e:
+        return e.name
+
+
+# ---- round trips ------------------------------------------------------------------
+
+SPECS = [
+    ("f8", (1000,), "<f8", "C"),
+    ("i4-2d", (37, 91), "<i4", "C"),
+    ("u1-F", (13, 7, 5), "u1", "F"),
+    ("c16", (300,), "<c16", "C"),
+    ("be", (1000,), ">i8", "C"),
+    ("struct", (50,), [("a", "<i4"), ("b", "<f8", (3,)), ("c", "S5")], "C"),
+    ("nested", (9,), [(("t", "x"), "<i2"), ("y", [("p", "u1"), ("q", ">f4")])],
+     "C"),
+    ("padded", (20,), numpy.dtype({"names": ["a", "b"], "formats": ["<i4", "<f8"],
+                                   "offsets": [0, 8], "itemsize": 24}), "C"),
+    ("U", (11,), "<U7", "C"),
+    ("dt", (5,), "<M8[ns]", "C"),
+    ("big", (3 * F8_PER_BLK + 5,), "<f8", "C"),   # 4 blocks
+    ("empty", (0, 4), "<f4", "C"),
+    ("scalar", (), "<f8", "C"),
+]
+
+
+def fill(dtype, shape, seed):
+    rng = numpy.random.default_rng(seed)
+    n = int(numpy.prod(shape))
+    raw = rng.integers(1, 255, n * dtype.itemsize, dtype=numpy.uint8)
+    a = raw.view(dtype).reshape(shape) if shape else raw.view(dtype)[0]
+    if dtype.kind == "M":
+        a = numpy.arange(n).astype(dtype).reshape(shape)
+    return numpy.array(a)
+
+
+def same_bytes(a, b):
+    """Equal bit for bit (NaNs included), field by field for structs."""
+    a, b = numpy.asarray(a), numpy.asarray(b)
+    if a.shape != b.shape or a.dtype != b.dtype:
+        return False
+    if a.dtype.names:
+        return all(same_bytes(a[n], b[n]) for n in a.dtype.names)
+    return numpy.ascontiguousarray(a).tobytes() == \
+        numpy.ascontiguousarray(b).tobytes()
+
+
+def test_roundtrip_many_arrays_one_transaction(path):
+    ref = {}
+    with store(path) as db:
+        assert db.names() == []
+        for k, (name, shape, dt, order) in enumerate(SPECS):
+            dt = numpy.dtype(dt)
+            A = db.create(name, shape, dt, order=order,
+                          attrs={"k": k, "name": name, "nested": {"l": [1, 2]}})
+            assert isinstance(A, outcore.StoreArray)
+            assert isinstance(A, outcore.BigArray)
+            ref[name] = fill(dt, shape, k)
+            A[...] = ref[name]
+        db.commit()
+    with store(path) as db:
+        assert db.names() == sorted(n for n, *_ in SPECS)
+        for k, (name, shape, dt, order) in enumerate(SPECS):
+            A = db[name]
+            assert A.shape == shape and A.dtype == numpy.dtype(dt)
+            assert A.order == order
+            assert A.attrs == {"k": k, "name": name, "nested": {"l": [1, 2]}}
+            assert same_bytes(A[...], ref[name])
+
+
+def test_abort_restores_data_metadata_attrs(path):
+    db = store(path)
+    A = db.create("a", (2 * F8_PER_BLK,), "<f8", attrs={"v": 1})
+    A[:] = 1.0
+    B = db.create("b", (10, 3), "<i4")
+    B[:] = 5
+    db.commit()
+    view = A[F8_PER_BLK - 2:F8_PER_BLK + 2]          # spans two blocks
+    whole_b = B[...]
+    # change everything, then abort
+    A[:] = 2.0
+    A.append(numpy.full(10, 3.0))
+    A.attrs["v"] = 2
+    A.attrs["w"] = "new"
+    B.resize((4, 3))
+    del db["b"]
+    C = db.create("c", 5, "u1")
+    C[:] = 9
+    assert (view == 2.0).all()
+    assert db.names() == ["a", "c"]
+    db.abort()
+    assert A.shape == (2 * F8_PER_BLK,)
+    assert A.attrs == {"v": 1}
+    assert (view == 1.0).all() and (A[...] == 1.0).all()
+    assert db.names() == ["a", "b"]
+    assert B.shape == (10, 3) and (B[...] == 5).all() and (whole_b == 5).all()
+    assert "c" not in db
+    with pytest.raises(outcore.NotFoundError, match="deleted"):
+        C[0]
+    db.close()
+    with store(path) as db:
+        assert db.names() == ["a", "b"]
+        assert db["a"].shape == (2 * F8_PER_BLK,)
+        assert (db["a"][...] == 1.0).all()
+
+
+def test_commit_persists_resize_append_attrs(path):
+    with store(path) as db:
+        A = db.create("a", (3, 4), "<f4")
+        A[:] = 1
+        F = db.create("f", (4, 3), "<i2", order="F")
+        F[:] = 2
+        db.commit()
+        A.append(numpy.full((2, 4), 7, "<f4"))
+        F.append(numpy.full((4, 2), 8, "<i2"))
+        A.attrs.update(units="m", scale=0.5)
+        F.attrs = {"replaced": True}
+        db.commit()
+    with store(path) as db:
+        A, F = db["a"], db["f"]
+        assert A.shape == (5, 4) and F.shape == (4, 5)
+        assert (A[:3] == 1).all() and (A[3:] == 7).all()
+        assert (F[:, :3] == 2).all() and (F[:, 3:] == 8).all()
+        assert dict(A.attrs) == {"units": "m", "scale": 0.5}
+        assert F.attrs == {"replaced": True}
+        # shrink, commit: the cut part is gone from the store
+        A.resize((1, 4))
+        db.commit()
+    with store(path) as db:
+        A = db["a"]
+        assert A.shape == (1, 4)
+        A.resize((5, 4))
+        assert (A[0] == 1).all() and (A[1:] == 0).all()
+
+
+def test_arrays_and_views_stay_valid_across_commit_and_abort(path):
+    db = store(path)
+    A = db.create("a", (3 * F8_PER_BLK,), "<f8")
+    assert db["a"] is A
+    v = A[::F8_PER_BLK]
+    A[:] = numpy.arange(A.shape[0])
+    db.commit()
+    assert list(v) == [0, F8_PER_BLK, 2 * F8_PER_BLK]
+    A[0] = -1
+    assert v[0] == -1
+    db.abort()
+    assert v[0] == 0 and A[0] == 0
+    A[1] = 5
+    db.commit()
+    assert A[1] == 5 and db["a"] is A
+    A.append(numpy.ones(3))
+    w = A[-3:]
+    db.commit()
+    assert (w == 1).all() and A.shape == (3 * F8_PER_BLK + 3,)
+    db.close()
+
+
+def test_transaction_context_manager(path):
+    db = store(path)
+    with db.transaction():
+        A = db.create("a", 100, "<i8")
+        A[:] = 4
+    assert db.stats()["commits"] == 1
+    with pytest.raises(RuntimeError, match="boom"):
+        with db.transaction():
+            A[:] = 5
+            db.create("b", 3, "u1")
+            A.attrs["x"] = 1
+            raise RuntimeError("boom")
+    assert (A[...] == 4).all() and "b" not in db and dict(A.attrs) == {}
+    db.close()
+    with store(path) as db, db.transaction():
+        assert (db["a"][...] == 4).all()
+
+
+def test_names_contains_del(path):
+    with store(path) as db:
+        for n in ("b", "a", "c"):
+            db.create(n, 10, "u1")[:] = ord(n)
+        assert db.names() == ["a", "b", "c"] and list(db) == db.names()
+        assert len(db) == 3
+        assert "a" in db and "z" not in db and 3 not in db and "a\0" not in db
+        db.commit()
+        old = db["b"]
+        v = old[...]
+        del db["b"]
+        assert "b" not in db and db.names() == ["a", "c"]
+        with pytest.raises(outcore.NotFoundError, match="'b' was deleted"):
+            old[0]
+        with pytest.raises(outcore.NotFoundError):
+            db["b"]
+        with pytest.raises(outcore.NotFoundError):
+            del db["b"]
+        # created again in the same transaction: a new, empty array
+        new = db.create("b", 4, "<f8")
+        assert new is not old and (new[...] == 0).all()
+        with pytest.raises(outcore.NotFoundError):
+            old.shape
+        db.commit()
+        assert (v == 0).all()          # the old handle reads zeros now
+        assert db["b"] is new and new.shape == (4,)
+    with store(path) as db:
+        assert db.names() == ["a", "b", "c"]
+        assert db["b"].dtype == numpy.dtype("<f8")
+        del db["a"]
+        db.commit()
+    with store(path) as db:
+        assert db.names() == ["b", "c"]
+
+
+ODD_NAMES = ["it's", 'say "hi"', "a; DROP TABLE arrays; --", "x/y\\z",
+             "\u00e9t\u00e9 \u2603 \U0001f600", "   ", "-", "..", "%s%n",
+             "\u202e", "n" * 255]
+
+
+def test_odd_names_are_just_names(path):
+    with store(path) as db:
+        for i, n in enumerate(ODD_NAMES):
+            db.create(n, 3, "<i4")[:] = i
+        db.commit()
+    with store(path) as db:
+        assert sorted(db.names()) == sorted(ODD_NAMES)
+        for i, n in enumerate(ODD_NAMES):
+            assert n in db
+            assert (db[n][...] == i).all()
+
+
+def snapshot_files(path):
+    out = {}
+    for f in sorted(os.listdir(path)):
+        if f.endswith("-lock"):
+            continue
+        with open(os.path.join(path, f), "rb") as fh:
+            out[f] = fh.read()
+    return out
+
+
+def test_bad_input_changes_nothing(path):
+    with store(path) as db:
+        A = db.create("a", 10, "<f8", attrs={"ok": 1})
+        A[:] = 1
+        db.commit()
+    before = snapshot_files(path)
+    with store(path) as db:
+        A = db["a"]
+        with pytest.raises(TypeError):
+            db.create("x", 3, "no-such-dtype")
+        with pytest.raises(TypeError, match="Python objects"):
+            db.create("x", 3, object)
+        with pytest.raises(TypeError, match="Python objects"):
+            db.create("x", 3, [("a", "<i4"), ("o", "O")])
+        with pytest.raises(TypeError, match="subarray"):
+            db.create("x", 3, ("<f8", (2,)))
+        with pytest.raises(ValueError, match="negative"):
+            db.create("x", (3, -1), "<f8")
+        with pytest.raises(ValueError):
+            db.create("x", (2**62, 2**62), "<f8")     # bytes past 2**63
+        with pytest.raises(ValueError):
+            db.create("x", (2**63,), "u1")
+        with pytest.raises((ValueError, OverflowError)):
+            db.create("x", (2**64,), "u1")
+        with pytest.raises(TypeError):
+            db.create("x", (2.5,), "u1")
+        with pytest.raises(ValueError):
+            db.create("x", 3, "<f8", order="K")
+        with pytest.raises(ValueError):
+            db.create("x", 3, "<f8", blksize=64 << 10)   # != RAM page size
+        with pytest.raises(TypeError, match="JSON"):
+            db.create("x", 3, "<f8", attrs={"f": object()})
+        with pytest.raises(TypeError, match="JSON"):
+            db.create("x", 3, "<f8", attrs={"n": float("nan")})
+        with pytest.raises(TypeError):
+            db.create("x", 3, "<f8", attrs={1: "int key"})
+        for bad in ("", "a\nb", "tab\there", "n" * 256, "\u00e9" * 128):
+            with pytest.raises(ValueError):
+                db.create(bad, 3, "<f8")
+        with pytest.raises(ValueError):
+            db.create("nul\0", 3, "<f8")
+        with pytest.raises(TypeError):
+            db.create(b"bytes", 3, "<f8")
+        with pytest.raises(outcore.ExistsError):
+            db.create("a", 3, "<f8")
+        with pytest.raises(TypeError, match="JSON"):
+            A.attrs["bad"] = {1, 2}
+        with pytest.raises(TypeError, match="JSON"):
+            A.attrs = {"bad": b"bytes"}
+        assert A.attrs == {"ok": 1}
+        with pytest.raises(ValueError):
+            A.resize(-1)
+        with pytest.raises(outcore.NotFoundError):
+            db["nope"]
+        assert db.names() == ["a"] and A.shape == (10,)
+        db.commit()          # nothing to commit: nothing written
+    assert snapshot_files(path) == before
+
+
+def test_opening_what_is_not_a_store(tmp_path):
+    junk = tmp_path / "junk"
+    data = os.urandom(100000)
+    junk.write_bytes(data)
+    for ro in (False, True):
+        with pytest.raises(outcore.StoreError, match="not an outcore store"):
+            outcore.open(junk, readonly=ro)
+    assert junk.read_bytes() == data
+    d = tmp_path / "dir"
+    d.mkdir()
+    (d / "index.mdb").write_bytes(data)
+    with pytest.raises(outcore.StoreError, match="not an outcore store"):
+        outcore.open(d)
+    assert (d / "index.mdb").read_bytes() == data
+    with pytest.raises(outcore.NotFoundError):
+        outcore.open(tmp_path / "missing", readonly=True)
+    assert not (tmp_path / "missing").exists()
+
+
+def test_readonly_store_refuses_writes(path):
+    with store(path) as db:
+        A = db.create("a", (2, F8_PER_BLK), "<f8", attrs={"a": 1})
+        A[:] = 3
+        db.commit()
+    before = snapshot_files(path)
+    with store(path, readonly=True) as db:
+        assert db.readonly
+        A = db["a"]
+        assert (A[...] == 3).all()
+        with pytest.raises(outcore.ReadOnlyError):
+            A[0, 0] = 1
+        with pytest.raises(ValueError):
+            A[...][0, 0] = 1             # views are read-only too
+        with pytest.raises(outcore.ReadOnlyError):
+            A.append(numpy.zeros((1, F8_PER_BLK)))
+        with pytest.raises(outcore.ReadOnlyError):
+            A.resize((1, F8_PER_BLK))
+        with pytest.raises(outcore.ReadOnlyError):
+            A.attrs["b"] = 2
+        with pytest.raises(outcore.ReadOnlyError):
+            db.create("b", 1, "u1")
+        with pytest.raises(outcore.ReadOnlyError):
+            del db["a"]
+        assert A.shape == (2, F8_PER_BLK) and A.attrs == {"a": 1}
+        db.commit()                      # no changes: a new snapshot
+        db.abort()
+        assert (A[...] == 3).all()
+    assert snapshot_files(path) == before
+
+
+def test_open_twice_in_one_process_and_close(path):
+    db = store(path)
+    A = db.create("a", 10, "u1")
+    with pytest.raises(outcore.BusyError, match="already open"):
+        outcore.open(path)
+    v = A[...]
+    db.close()
+    db.close()
+    assert db.closed
+    with pytest.raises(ValueError, match="closed"):
+        A[0]
+    with pytest.raises(ValueError, match="closed"):
+        db.names()
+    assert (v == 0).all()                # views outlive the store object
+    del v, A
+    gc.collect()
+    with store(path) as db:              # uncommitted create was dropped
+        assert db.names() == []
+
+
+def test_reopen_while_views_of_a_closed_store_live(path):
+    with store(path) as db:
+        A = db.create("a", 10, "<i4")
+        A[:] = 1
+        db.commit()
+        v = A[...]
+        A[:] = 2                       # dropped by close
+    assert (v == 1).all()               # close dropped the change
+    with store(path) as db:            # takes the still-open store over
+        assert (db["a"][...] == 1).all() and (v == 1).all()
+        db["a"][0] = 5
+        assert v[0] == 5               # the old view aliases the array
+        db.commit()
+    with pytest.raises(outcore.BusyError, match="views"):
+        store(path, readonly=True)     # other flags: must wait for v
+    del v, A
+    gc.collect()
+    with store(path, readonly=True) as db:
+        assert list(db["a"][:2]) == [5, 1]
+
+
+def test_failed_commit_keeps_changes_until_abort(path, peers):
+    with store(path) as db:
+        db.create("a", (2 * F8_PER_BLK,), "<f8")
+        db.commit()
+        A = db["a"]
+        p = peers()
+        p(f"db = outcore.open({path!r}); A = db['a']; A[0] = 1")
+        A[1] = 2
+        p("db.commit()")
+        with pytest.raises(outcore.ConflictError):
+            db.commit()
+        assert A[1] == 2                 # local change kept
+        with pytest.raises(outcore.StoreError):
+            db.names()                   # failed: abort (or retry) first
+        with pytest.raises(outcore.ConflictError):
+            db.commit()
+        db.abort()
+        assert A[0] == 1 and A[1] == 0   # the other commit, not ours
+        st = db.stats()
+        assert st["conflicts"] == 2 and st["failed_commits"] == 2
+        # transaction() aborts after a failed commit
+        p("A[5] = 5")
+        with pytest.raises(outcore.ConflictError):
+            with db.transaction():
+                A[5] = 6
+                p("db.commit()")
+        assert A[5] == 5 and db.names() == ["a"]
+
+
+# ---- two processes ----------------------------------------------------------------
+
+def test_two_processes_disjoint_blocks_both_commit(path, peers):
+    with store(path) as db:
+        db.create("a", (4 * F8_PER_BLK,), "<f8")
+        db.create("b", (10,), "<i4")
+        db.commit()
+    p1, p2 = peers(), peers()
+    for i, p in enumerate((p1, p2)):
+        p(f"db = outcore.open({path!r}, ram='64MiB'); A = db['a']")
+    p1(f"A[0:{F8_PER_BLK}] = 1")
+    p2(f"A[{2 * F8_PER_BLK}:{3 * F8_PER_BLK}] = 2")
+    p1.send("db.commit()")
+    p2.send("db.commit()")
+    assert (outcome(p1), outcome(p2)) == ("ok", "ok")
+    with store(path) as db:
+        A = db["a"][...]
+        assert (A[:F8_PER_BLK] == 1).all()
+        assert (A[F8_PER_BLK:2 * F8_PER_BLK] == 0).all()
+        assert (A[2 * F8_PER_BLK:3 * F8_PER_BLK] == 2).all()
+        assert (A[3 * F8_PER_BLK:] == 0).all()
+
+
+@pytest.mark.parametrize("what", ["block", "resize", "attrs", "delete"])
+def test_two_processes_same_thing_exactly_one_conflict(path, peers, what):
+    with store(path) as db:
+        db.create("a", (2 * F8_PER_BLK,), "<f8")
+        db.commit()
+    change = {
+        "block": lambda k: "A[10] = %d" % k,
+        "resize": lambda k: "A.append(numpy.full(%d, 1.0))" % k,
+        "attrs": lambda k: "A.attrs['who'] = %d" % k,
+        "delete": lambda k: "del db['a']" if k == 1 else "A[3] = 3",
+    }[what]
+    ps = [peers(), peers()]
+    for k, p in enumerate(ps, 1):
+        p(f"db = outcore.open({path!r}, ram='64MiB'); A = db['a']")
+    for k, p in enumerate(ps, 1):
+        p(change(k))
+    for p in ps:
+        p.send("db.commit()")
+    results = sorted(outcome(p) for p in ps)
+    assert results == ["ConflictError", "ok"]
+    with store(path) as db:
+        if what == "block":
+            assert db["a"][10] in (1, 2)
+        elif what == "resize":
+            assert db["a"].shape[0] in (2 * F8_PER_BLK + 1, 2 * F8_PER_BLK + 2)
+        elif what == "attrs":
+            assert db["a"].attrs["who"] in (1, 2)
+
+
+def test_invalidation_at_next_transaction_keeps_other_pages(path, peers):
+    nblk = 8
+    with store(path, ram="64MiB") as db:
+        A = db.create("a", (nblk * F8_PER_BLK,), "<f8")
+        A[:] = 1.0
+        db.commit()
+    db = store(path, ram="64MiB")
+    A = db["a"]
+    v = A[...]
+    assert v.sum() == nblk * F8_PER_BLK           # every block loaded
+    loads0 = db.stats()["loads"]
+    assert loads0 >= nblk
+    p = peers()
+    p(f"db = outcore.open({path!r}, ram='64MiB'); A = db['a']")
+    p(f"A[{3 * F8_PER_BLK + 7}] = 42; db.commit()")
+    # this transaction's snapshot: the old data
+    assert v[3 * F8_PER_BLK + 7] == 1.0 and v.sum() == nblk * F8_PER_BLK
+    db.commit()                                     # next transaction
+    assert v[3 * F8_PER_BLK + 7] == 42.0
+    assert v.sum() == nblk * F8_PER_BLK + 41
+    st = db.stats()
+    assert st["loads"] - loads0 == 1                # only that block again
+    assert st["invalidated"] == 1
+    # a foreign resize and attrs show at the next transaction too
+    p("A.append(numpy.full(5, 9.0)); A.attrs['x'] = 'y'; db.commit()")
+    assert A.shape == (nblk * F8_PER_BLK,)
+    db.abort()
+    assert A.shape == (nblk * F8_PER_BLK + 5,) and A.attrs == {"x": "y"}
+    assert (A[-5:] == 9).all()
+    # a foreign delete: a clear error
+    p("del db['a']; db.commit()")
+    db.commit()
+    with pytest.raises(outcore.NotFoundError, match="deleted"):
+        A[0]
+    assert "a" not in db
+    db.close()
+
+
+# ---- pickling -----------------------------------------------------------------------
+
+def _child_uses_reference(blob, path):
+    import outcore  # noqa: F401  (the store is opened by unpickling)
+    A = pickle.loads(blob)
+    B = pickle.loads(blob)
+    assert B is A
+    assert A.store.path == path
+    total = float(A[...].sum())
+    A[F8_PER_BLK:F8_PER_BLK + 3] = 7.0
+    A.store.commit()
+    return total, A.shape, A.attrs.asdict()
+
+
+def test_pickle_reference_reopens_in_spawned_process(path):
+    with store(path) as db:
+        A = db.create("a", (2 * F8_PER_BLK,), "<f8", attrs={"p": 1})
+        A[:5] = 2.0
+        db.commit()
+        blob = pickle.dumps(A)
+        assert len(blob) < 500                      # a reference, not data
+        assert pickle.loads(blob) is A              # same process: same object
+        assert pickle.loads(pickle.dumps(db)) is db
+        ctx = multiprocessing.get_context("spawn")
+        with ctx.Pool(1) as pool:
+            total, shape, attrs = pool.apply(_child_uses_reference,
+                                              (blob, db.path))
+        assert total == 10.0 and tuple(shape) == A.shape and attrs == {"p": 1}
+        assert (A[F8_PER_BLK:F8_PER_BLK + 3] == 0).all()   # our snapshot
+        db.abort()
+        assert (A[F8_PER_BLK:F8_PER_BLK + 3] == 7.0).all()
+
+
+# ---- low level ------------------------------------------------------------------------
+
+def test_core_store_handles_are_owned_by_the_store(path):
+    st = outcore._core.Store(path, outcore._core.STORE_CREATE)
+    st.create("a", (10,), "<f8", "C", 0, '{"k": 1}')
+    assert st.meta_get("a") == {"shape": (10,), "dtype": "<f8", "order": "C",
+                                "blksize": BS, "attrs": '{"k": 1}'}
+    fh = st.array_fileh("a")
+    assert fh is st.array_fileh("a") and fh.file is st
+    fh.close()                           # forgets it, does not close it
+    fh2 = st.array_fileh("a")
+    assert fh2 is not fh and not fh2.closed
+    A = outcore.BigArray((10,), "<f8", fh2)
+    A[:] = 3
+    del A, fh2
+    gc.collect()
+    A = outcore.BigArray((10,), "<f8", st.array_fileh("a"))
+    assert (A[...] == 3).all()           # dirty pages survived the FileH
+    with pytest.raises(outcore.ReadOnlyError):
+        st.array_fileh("a").dirty_writeout(outcore.WRITEOUT_STORE)
+    st.commit()
+    with pytest.raises(outcore.BusyError):
+        st.close()                       # A maps it
+    del A
+    gc.collect()
+    fh3 = st.array_fileh("a")
+    st.close()
+    assert fh3.closed and st.closed
+    for flag in ("STORE_RDONLY", "STORE_CREATE", "STORE_NOVERIFY",
+                 "STORE_NOMAP"):
+        assert isinstance(getattr(outcore._core, flag), int)
+
+
+def test_stats(path):
+    with store(path, ram="64MiB") as db:
+        A = db.create("a", (F8_PER_BLK,), "<f8")
+        A[:] = 1
+        st = db.stats()
+        assert st["budget"] == 64 << 20
+        assert st["dirty_bytes"] == BS and st["ram_used"] >= BS
+        for k in ("loads", "stores", "reclaims", "faults", "commits",
+                  "aborts", "conflicts", "bytes_written", "invalidated"):
+            assert k in st
+        db.commit()
+        st = db.stats()
+        assert st["dirty_bytes"] == 0 and st["stores"] >= 1
+        assert st["commits"] == 1 and st["bytes_written"] >= BS
+
+
+# ---- bigger than RAM -----------------------------------------------------------------
+
+BIG = textwrap.dedent(r"""
+    import sys
+    sys.path.insert(0, %r)
+    import numpy, outcore
+    path, budget, nbytes = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+
+    def hwm():
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+
+    n = nbytes // 8
+    step = budget // 4 // 8
+    chunk = numpy.empty(step)
+    base = hwm()
+    with outcore.open(path, ram=budget) as db:
+        A = db.create("big", (n,), "<f8")
+        for i in range(0, n, step):
+            chunk[:] = numpy.arange(i, i + step) %% 1000
+            A[i:i + step] = chunk
+            db.commit()
+    peak_write = hwm() - base
+    try:                                  # reset VmHWM to the current RSS
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+    with outcore.open(path, ram=budget) as db:
+        A = db["big"]
+        total = 0.0
+        for _, v in A.chunks():
+            total += float(v.sum())
+        mean = total / A.size
+        st = db.stats()
+    print(mean, peak_write, hwm() - base, st["reclaims"], st["loads"])
+""" % ROOT)
+
+
+def test_array_16x_the_budget(tmp_path):
+    budget, nbytes = 32 << 20, 512 << 20
+    path = str(tmp_path / "big")
+    r = subprocess.run([sys.executable, "-c", BIG, path, str(budget),
+                        str(nbytes)], capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr
+    mean, peak_write, peak, reclaims, loads = r.stdout.split()
+    n = nbytes // 8
+    expect = (numpy.arange(n) % 1000).mean()
+    assert float(mean) == pytest.approx(expect)
+    assert int(loads) >= nbytes // BS
+    assert int(reclaims) >= nbytes // BS - budget // BS
+    slack = 64 << 20
+    assert int(peak_write) <= budget + slack, \
+        "writing: RSS grew by %d MiB" % (int(peak_write) >> 20)
+    assert int(peak) <= budget + (32 << 20), \
+        "RSS grew by %d MiB" % (int(peak) >> 20)
