@@ -9,7 +9,10 @@
  *     meta     "format" -> magic, format version, next array id, data end
  *     arrays   name -> array id, meta version (txnid), metadata
  *     ids      array id (BE) -> name
- *     blocks   (array id, blk) (BE) -> extent offset, xxh64, version (txnid)
+ *     blocks   (array id, blk) (BE) -> extent offset, xxh64 of the block's
+ *              content, version (txnid), number of delta pages
+ *     deltas   (array id, blk, first page) (BE) -> a run of 4 KiB pages that
+ *              replace those of the extent (see "Page deltas")
  *     free     extent offset (BE) -> freed-at txnid, length
  *     log      (txnid, array id, blk) (BE) -> nothing: what each commit
  *              changed (blk UINT64_MAX: the array's metadata); read to
@@ -29,13 +32,26 @@
  * blocks are invalidated (an extent is reused only once every reader in
  * the reader table is at or past the txnid that freed it).
  *
+ * Page deltas.  A block that has a stored version is compared with it page
+ * by page (4 KiB) when it is stored again.  If the pages that changed,
+ * together with the block's pending delta pages, are at most a quarter of
+ * the block, only the runs of delta pages that contain changed pages are
+ * written, as values in the deltas database, and the block record keeps its
+ * extent, with the checksum of the whole new content and the new version;
+ * else the block is "folded": written whole to a fresh extent, its deltas
+ * dropped.  Delta runs of a block never overlap.  Deltas live in LMDB, so
+ * they share its commit point and its MVCC snapshots, and need no free
+ * space management of ours; an extent with deltas is never written.  A
+ * block with deltas is not mapped (blk_map says OC_NOMAP): blk_load reads
+ * the extent, lays the deltas of the same snapshot over it and verifies the
+ * checksum of the assembled block.
+ *
  * Conflicts.  At txn_begin (which holds LMDB's writer lock) the change log
  * since our snapshot is read into a sorted set; a block or metadata this
  * transaction writes that is in the set is a conflict.  Log entries older
  * than the oldest reader are pruned there too.
  *
- * Not done in this first cut: page deltas (a block that changes is always
- * rewritten whole), growing the LMDB map on MDB_MAP_FULL (the map is 64 GiB
+ * Not done in this first cut: growing the LMDB map on MDB_MAP_FULL (the map is 64 GiB
  * of address space; MDB_MAP_FULL gives -ENOSPC), coalescing free extents
  * of different sizes, and a reader-table entry for read-only opens that
  * fall back to MDB_NOLOCK (a store the user cannot write).
@@ -51,7 +67,13 @@
 #include <unistd.h>
 #include <xxhash.h>
 
-#define FORMAT_VERSION 1
+/* 2: block records carry a delta count, and the deltas database.  Stores
+ * of version 1 are read (their records have no deltas) and become version
+ * 2 at their first commit. */
+#define FORMAT_VERSION 2
+#define PG 4096 /* delta page size */
+#define MARK_OLD 1 /* a page with a stored delta */
+#define MARK_NEW 2 /* a page that changes now */
 #define MAGIC "outcore-store\0\0" /* 16 bytes with the NULs */
 #define MAPSIZE ((size_t)64 << 30)
 #define MAPSIZE_MIN ((size_t)256 << 20)
@@ -60,9 +82,15 @@ struct change {
 	uint64_t id, blk;
 };
 
+struct run {
+	uint64_t start, n; /* pages */
+};
+
 struct lmdb_eng {
 	MDB_env *env;
-	MDB_dbi db_meta, db_arrays, db_ids, db_blocks, db_free, db_log;
+	MDB_dbi db_meta, db_arrays, db_ids, db_blocks, db_free, db_log, db_deltas;
+	bool has_deltas;        /* db_deltas is open (a read-only open of a
+				 * version 1 store has none) */
 	int datafd;
 	int flags;
 
@@ -80,10 +108,15 @@ struct lmdb_eng {
 	size_t nchanged;
 	uint64_t last_commit;   /* our last committed txnid */
 	uint64_t data_size;     /* data end of the last state we know */
+	unsigned char *old;     /* txn_block: the stored version of a block */
+	unsigned char *marks;   /* txn_block: MARK_* of each page */
+	size_t old_size;        /* bytes of old (marks: old_size / PG) */
+	struct run *runs;       /* txn_block: the stored delta runs */
+	size_t nruns, runs_cap;
 
 	/* counters (atomic) */
 	uint64_t n_stored, n_zeroed, n_bytes, n_loads, n_maps, n_holes,
-		n_verified, n_corrupt;
+		n_verified, n_corrupt, n_dpages, n_folded;
 };
 
 #define CNT(e, f) __atomic_add_fetch(&(e)->f, 1, __ATOMIC_RELAXED)
@@ -287,6 +320,9 @@ static void eng_close(void *p)
 	oc_pagemap_clear(&e->verified);
 	pthread_mutex_destroy(&e->mu);
 	free(e->changed);
+	free(e->old);
+	free(e->marks);
+	free(e->runs);
 	free(e);
 }
 
@@ -407,6 +443,13 @@ static int eng_open(void **out, const char *path, int flags)
 		err = OC_EVERSION;
 		goto fail;
 	}
+	/* Created here for stores of version 1. */
+	rc = mdb_dbi_open(txn, "deltas", rdonly ? 0 : MDB_CREATE, &e->db_deltas);
+	if (rc && rc != MDB_NOTFOUND) {
+		err = mdb_err(rc);
+		goto fail;
+	}
+	e->has_deltas = rc == 0;
 	rc = mdb_txn_commit(txn); /* keeps the dbi handles */
 	txn = NULL;
 	if (rc) {
@@ -520,7 +563,7 @@ static int eng_array_list(void *p, int (*cb)(const char *, void *), void *arg)
 }
 
 struct blkrec {
-	uint64_t off, hash, version;
+	uint64_t off, hash, version, ndelta;
 };
 
 static void blk_key(unsigned char *kb, uint64_t id, uint64_t blk)
@@ -547,7 +590,122 @@ static int blk_get(struct lmdb_eng *e, MDB_txn *txn, uint64_t id, uint64_t blk,
 	r->off = get_le64(v.mv_data);
 	r->hash = get_le64((unsigned char *)v.mv_data + 8);
 	r->version = get_le64((unsigned char *)v.mv_data + 16);
+	r->ndelta = v.mv_size >= 32 ? get_le64((unsigned char *)v.mv_data + 24) : 0;
 	return 0;
+}
+
+static int blk_put(struct lmdb_eng *e, uint64_t id, uint64_t blk,
+		   const struct blkrec *r)
+{
+	unsigned char kb[16], vb[32];
+	MDB_val k = {16, kb}, v = {32, vb};
+
+	blk_key(kb, id, blk);
+	put_le64(vb, r->off);
+	put_le64(vb + 8, r->hash);
+	put_le64(vb + 16, r->version);
+	put_le64(vb + 24, r->ndelta);
+	return mdb_err(mdb_put(e->w, e->db_blocks, &k, &v, 0));
+}
+
+static void delta_key(unsigned char *kb, uint64_t id, uint64_t blk,
+		      uint64_t page)
+{
+	put_be64(kb, id);
+	put_be64(kb + 8, blk);
+	put_be64(kb + 16, page);
+}
+
+/* Lay the delta runs of block (id, blk) in txn over buf and count their
+ * pages into *count.  With collect, also list the runs in e->runs and set
+ * MARK_OLD in e->marks for their pages (the caller zeroes the marks).
+ * Returns 0, OC_ECORRUPT (a run that does not fit the block), -ENOMEM or
+ * an LMDB error. */
+static int deltas_apply(struct lmdb_eng *e, MDB_txn *txn, uint64_t id,
+			uint64_t blk, size_t blksize, void *buf, bool collect,
+			uint64_t *count)
+{
+	MDB_cursor *c;
+	unsigned char kb[24];
+	MDB_val k = {24, kb}, v;
+	uint64_t np = blksize / PG, n = 0;
+	int rc, err = 0;
+
+	if (!e->has_deltas)
+		return OC_ESTOREIO; /* a version 2 record seen by a read-only
+				     * open of what was a version 1 store */
+	if (collect)
+		e->nruns = 0;
+	rc = mdb_cursor_open(txn, e->db_deltas, &c);
+	if (rc)
+		return mdb_err(rc);
+	delta_key(kb, id, blk, 0);
+	for (rc = mdb_cursor_get(c, &k, &v, MDB_SET_RANGE); !rc;
+	     rc = mdb_cursor_get(c, &k, &v, MDB_NEXT)) {
+		const unsigned char *kp = k.mv_data;
+		uint64_t start, len = v.mv_size / PG;
+		if (k.mv_size != 24) {
+			err = OC_ECORRUPT;
+			break;
+		}
+		if (get_be64(kp) != id || get_be64(kp + 8) != blk)
+			break;
+		start = get_be64(kp + 16);
+		if (v.mv_size % PG || !len || start >= np || len > np - start) {
+			err = OC_ECORRUPT;
+			break;
+		}
+		memcpy((unsigned char *)buf + start * PG, v.mv_data, v.mv_size);
+		n += len;
+		if (!collect)
+			continue;
+		if (e->nruns == e->runs_cap) {
+			size_t cap = e->runs_cap * 2 + 16;
+			struct run *r = realloc(e->runs, cap * sizeof *r);
+			if (!r) {
+				err = -ENOMEM;
+				break;
+			}
+			e->runs = r;
+			e->runs_cap = cap;
+		}
+		e->runs[e->nruns].start = start;
+		e->runs[e->nruns++].n = len;
+		memset(e->marks + start, MARK_OLD, len);
+	}
+	if (!err && rc && rc != MDB_NOTFOUND)
+		err = mdb_err(rc);
+	mdb_cursor_close(c);
+	*count = n;
+	return err;
+}
+
+/* Delete the delta runs of block (id, blk), or with all of every block of
+ * array id, in the write transaction. */
+static int deltas_drop(struct lmdb_eng *e, uint64_t id, uint64_t blk, bool all)
+{
+	MDB_cursor *c;
+	unsigned char kb[24];
+	MDB_val k = {24, kb}, v;
+	int rc, err = 0;
+
+	rc = mdb_cursor_open(e->w, e->db_deltas, &c);
+	if (rc)
+		return mdb_err(rc);
+	delta_key(kb, id, all ? 0 : blk, 0);
+	for (rc = mdb_cursor_get(c, &k, &v, MDB_SET_RANGE); !rc && !err;
+	     rc = mdb_cursor_get(c, &k, &v, MDB_NEXT)) {
+		/* After a delete MDB_NEXT returns the item that moved under
+		 * the cursor. */
+		if (k.mv_size != 24 || get_be64(k.mv_data) != id ||
+		    (!all && get_be64((unsigned char *)k.mv_data + 8) != blk))
+			break;
+		err = mdb_err(mdb_cursor_del(c, 0));
+	}
+	if (!err && rc && rc != MDB_NOTFOUND)
+		err = mdb_err(rc);
+	mdb_cursor_close(c);
+	return err;
 }
 
 /* Look a block up in the snapshot: 0 and *r, 1 for a hole, or an error. */
@@ -600,8 +758,14 @@ static int eng_blk_load(void *p, uint64_t id, uint64_t blk, size_t blksize,
 {
 	struct lmdb_eng *e = p;
 	struct blkrec r;
-	int err = snap_blk(e, id, blk, &r);
+	uint64_t sid, n;
+	int err;
 
+again:
+	pthread_mutex_lock(&e->mu);
+	err = blk_get(e, e->snap, id, blk, &r);
+	sid = e->snap_id;
+	pthread_mutex_unlock(&e->mu);
 	if (err == 1) {
 		memset(buf, 0, blksize);
 		CNT(e, n_holes);
@@ -612,6 +776,18 @@ static int eng_blk_load(void *p, uint64_t id, uint64_t blk, size_t blksize,
 	err = _oc_os_pread_all(e->datafd, buf, blksize, r.off);
 	if (err == -EIO) /* short: the data file was truncated */
 		err = OC_ECORRUPT;
+	if (!err && r.ndelta) {
+		/* The deltas must come from the snapshot of the record. */
+		pthread_mutex_lock(&e->mu);
+		if (e->snap_id != sid) {
+			pthread_mutex_unlock(&e->mu);
+			goto again;
+		}
+		err = deltas_apply(e, e->snap, id, blk, blksize, buf, false, &n);
+		pthread_mutex_unlock(&e->mu);
+		if (!err && n != r.ndelta)
+			err = OC_ECORRUPT;
+	}
 	if (!err && do_verify && !is_verified(e, &r))
 		err = verify(e, &r, buf, blksize);
 	if (!err)
@@ -632,6 +808,8 @@ static int eng_blk_map(void *p, uint64_t id, uint64_t blk, size_t blksize,
 	}
 	if (err)
 		return err;
+	if (r.ndelta)
+		return OC_NOMAP; /* to be assembled by blk_load */
 	if (do_verify && !is_verified(e, &r)) {
 		/* Read it once: this also fills the page cache the mapping
 		 * will use. */
@@ -857,6 +1035,8 @@ static int drop_blocks(struct lmdb_eng *e, uint64_t id, uint64_t blksize)
 	if (!err && rc && rc != MDB_NOTFOUND)
 		err = mdb_err(rc);
 	mdb_cursor_close(c);
+	if (!err)
+		err = deltas_drop(e, id, 0, true);
 	return err;
 }
 
@@ -1009,14 +1189,105 @@ static bool all_zero(const void *buf, size_t n)
 	return true;
 }
 
+/* Store block (id, blk), which has the stored version *old, as page deltas
+ * if few enough pages change: *whole is then false and the block record is
+ * updated; else *whole is true and nothing is written. */
+static int store_delta(struct lmdb_eng *e, uint64_t id, uint64_t blk,
+		       size_t blksize, const unsigned char *buf,
+		       const struct blkrec *old, bool *whole)
+{
+	uint64_t np = blksize / PG, nold, nu = 0, written = 0, p, s;
+	unsigned char kb[24];
+	MDB_val k = {24, kb}, v;
+	struct blkrec r;
+	int err;
+
+	*whole = true;
+	if (np < 4)
+		return 0; /* a quarter of the block is less than a page */
+	if (e->old_size < blksize) {
+		unsigned char *o = malloc(blksize), *m = malloc(np);
+		if (!o || !m) {
+			free(o);
+			free(m);
+			return -ENOMEM;
+		}
+		free(e->old);
+		free(e->marks);
+		e->old = o;
+		e->marks = m;
+		e->old_size = blksize;
+	}
+	/* The stored version, as this transaction sees it: that is our
+	 * snapshot's, or there was a conflict. */
+	err = _oc_os_pread_all(e->datafd, e->old, blksize, old->off);
+	if (err)
+		return err == -EIO ? OC_ECORRUPT : err;
+	memset(e->marks, 0, np);
+	if (old->ndelta) {
+		err = deltas_apply(e, e->w, id, blk, blksize, e->old, true, &nold);
+		if (!err && nold != old->ndelta)
+			err = OC_ECORRUPT;
+		if (err)
+			return err;
+	}
+	for (p = 0; p < np; p++) {
+		if (memcmp(buf + p * PG, e->old + p * PG, PG))
+			e->marks[p] |= MARK_NEW;
+		nu += e->marks[p] != 0;
+	}
+	if (nu * 4 > np)
+		return 0; /* fold */
+
+	/* Rewrite each maximal run of delta pages that has a changed page,
+	 * replacing the stored runs inside it. */
+	for (p = 0; p < np;) {
+		bool changed = false;
+		if (!e->marks[p]) {
+			p++;
+			continue;
+		}
+		for (s = p; p < np && e->marks[p]; p++)
+			changed |= e->marks[p] & MARK_NEW;
+		if (!changed)
+			continue;
+		for (size_t i = 0; i < e->nruns; i++) {
+			if (e->runs[i].start <= s || e->runs[i].start >= p)
+				continue; /* the run at s is overwritten */
+			delta_key(kb, id, blk, e->runs[i].start);
+			err = mdb_err(mdb_del(e->w, e->db_deltas, &k, NULL));
+			if (err)
+				return err;
+		}
+		delta_key(kb, id, blk, s);
+		v.mv_size = (p - s) * PG;
+		v.mv_data = (void *)(buf + s * PG);
+		err = mdb_err(mdb_put(e->w, e->db_deltas, &k, &v, 0));
+		if (err)
+			return err;
+		written += p - s;
+	}
+	r.off = old->off;
+	r.hash = XXH64(buf, blksize, 0);
+	r.version = e->w_id;
+	r.ndelta = nu;
+	err = blk_put(e, id, blk, &r);
+	if (err)
+		return err;
+	__atomic_add_fetch(&e->n_dpages, written, __ATOMIC_RELAXED);
+	__atomic_add_fetch(&e->n_bytes, written * PG, __ATOMIC_RELAXED);
+	*whole = false;
+	return 0;
+}
+
 static int eng_txn_block(void *p, uint64_t id, uint64_t blk, size_t blksize,
 			 const void *buf)
 {
 	struct lmdb_eng *e = p;
-	struct blkrec old;
-	unsigned char kb[16], vb[24];
-	MDB_val k = {16, kb}, v = {24, vb};
-	uint64_t off;
+	struct blkrec old, r;
+	unsigned char kb[16];
+	MDB_val k = {16, kb};
+	bool whole = true;
 	int had, err;
 
 	OC_BUG_ON(!e->w);
@@ -1040,20 +1311,31 @@ static int eng_txn_block(void *p, uint64_t id, uint64_t blk, size_t blksize,
 			return 0;
 		err = mdb_err(mdb_del(e->w, e->db_blocks, &k, NULL));
 	} else {
-		err = alloc_extent(e, blksize, &off);
+		if (had) {
+			err = store_delta(e, id, blk, blksize, buf, &old, &whole);
+			if (err)
+				return err;
+		}
+		if (!whole)
+			return log_put(e, id, blk);
+		err = alloc_extent(e, blksize, &r.off);
 		if (err)
 			return err;
-		err = _oc_os_pwrite_all(e->datafd, buf, blksize, off);
+		err = _oc_os_pwrite_all(e->datafd, buf, blksize, r.off);
 		if (err)
 			return err;
 		e->wrote = true;
 		__atomic_add_fetch(&e->n_bytes, blksize, __ATOMIC_RELAXED);
 		CNT(e, n_stored);
-		put_le64(vb, off);
-		put_le64(vb + 8, XXH64(buf, blksize, 0));
-		put_le64(vb + 16, e->w_id);
-		err = mdb_err(mdb_put(e->w, e->db_blocks, &k, &v, 0));
+		if (had)
+			CNT(e, n_folded);
+		r.hash = XXH64(buf, blksize, 0);
+		r.version = e->w_id;
+		r.ndelta = 0;
+		err = blk_put(e, id, blk, &r);
 	}
+	if (!err && had && old.ndelta)
+		err = deltas_drop(e, id, blk, false);
 	if (!err && had)
 		err = free_put(e, old.off, blksize);
 	if (!err)
@@ -1153,6 +1435,8 @@ static void eng_stats(void *p, oc_store_stats_t *s)
 	s->holes = GET(n_holes);
 	s->verified = GET(n_verified);
 	s->corrupt = GET(n_corrupt);
+	s->delta_pages_written = GET(n_dpages);
+	s->blocks_folded = GET(n_folded);
 #undef GET
 	s->snapshot = e->snap_id;
 	s->data_size = e->data_size;

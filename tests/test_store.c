@@ -4,8 +4,9 @@
  *
  * test_store.c: the transactional store (store.h) on the LMDB engine:
  * commit / abort / reopen round trips of data and metadata, holes, two
- * processes (disjoint commits, conflicts, invalidation), crash safety under
- * SIGKILL, corruption, bad input.
+ * processes (disjoint commits, conflicts, invalidation), page deltas (small
+ * changes stored as 4 KiB pages, folded when they accumulate), crash safety
+ * under SIGKILL (with delta commits mixed in), corruption, bad input.
  */
 #include "check.h"
 #include "testfile.h"
@@ -21,6 +22,7 @@
 
 #define BS 65536u
 #define W (BS / 8) /* words per block */
+#define PW 512     /* words per 4 KiB page */
 
 static oc_ram_t *ram;
 static oc_ram_t *volatile parent_ram; /* in a child: the parent's (kept reachable) */
@@ -348,6 +350,34 @@ static void test_two_processes(const char *path)
 
 #define CK 4 /* blocks per array in the crash test */
 
+/* Commit i of the crash test: even i fills the blocks (whole rewrites),
+ * odd i changes only pages 0, 3 and 9 of the state of i - 1 (deltas). */
+static int crash_page(uint64_t w)
+{
+	uint64_t pg = w / PW;
+	return pg == 0 || pg == 3 || pg == 9;
+}
+
+static uint64_t crash_word(uint64_t i, uint64_t w)
+{
+	return (i % 2 && !crash_page(w) ? i - 1 : i) + w % 7;
+}
+
+static void crash_fill(struct view *v, uint64_t blk, uint64_t i)
+{
+	for (uint64_t w = 0; w < W; w++)
+		if (i % 2 == 0 || crash_page(w))
+			v->p[blk * W + w] = crash_word(i, w);
+}
+
+static int crash_is(struct view *v, uint64_t blk, uint64_t i)
+{
+	for (uint64_t w = 0; w < W; w++)
+		if (v->p[blk * W + w] != crash_word(i, w))
+			return 0;
+	return 1;
+}
+
 static void crash_child(const char *path, uint64_t start, int fd)
 {
 	oc_store_t *s = child_open(path);
@@ -358,8 +388,8 @@ static void crash_child(const char *path, uint64_t start, int fd)
 	for (uint64_t i = start;; i++) {
 		oc_array_meta_t m = meta1(CK, attrs);
 		for (uint64_t k = 0; k < CK; k++) {
-			fill(&a, k, i);
-			fill(&b, k, i);
+			crash_fill(&a, k, i);
+			crash_fill(&b, k, i);
 		}
 		snprintf(attrs, sizeof attrs, "{\"i\": %llu}", (unsigned long long)i);
 		if (oc_store_meta_set(s, "ca", &m) || oc_store_commit(s))
@@ -383,7 +413,7 @@ static uint64_t crash_state(const char *path)
 	}
 	v = blk_val(&a, 0);
 	for (uint64_t k = 0; k < CK; k++)
-		ok &= blk_is(&a, k, v) && blk_is(&b, k, v);
+		ok &= crash_is(&a, k, v) && crash_is(&b, k, v);
 	if (attr_i(s, "ca") != v)
 		ok = 0;
 	if (oc_fileh_load(a.fh, 0, CK) || oc_fileh_load(b.fh, 0, CK))
@@ -397,10 +427,11 @@ static uint64_t crash_state(const char *path)
 static void test_crash(const char *path)
 {
 	oc_store_t *s = sopen(path, OC_STORE_CREATE);
-	oc_array_meta_t m = meta1(CK, "{\"i\": 1}");
+	oc_array_meta_t m = meta1(CK, "{\"i\": 2}");
 	struct view a, b;
 	unsigned long rounds = 24 / check_scale();
-	uint64_t cur = 1, bad = 0, killed_after_commit = 0;
+	uint64_t cur = 2, bad = 0, killed_after_commit = 0;
+	oc_store_stats_t ss;
 
 	if (rounds < 8)
 		rounds = 8;
@@ -411,9 +442,10 @@ static void test_crash(const char *path)
 	if (view_open(s, "ca", CK, &a) || view_open(s, "cb", CK, &b))
 		return;
 	for (uint64_t k = 0; k < CK; k++) {
-		fill(&a, k, 1);
-		fill(&b, k, 1);
+		crash_fill(&a, k, 2);
+		crash_fill(&b, k, 2);
 	}
+	CHECK_EQ(oc_store_meta_set(s, "ca", &m), 0, "crash test: attrs");
 	CHECK_EQ(oc_store_commit(s), 0, "crash test: first commit");
 	view_close(&a);
 	view_close(&b);
@@ -453,6 +485,29 @@ static void test_crash(const char *path)
 			cur = got;
 	}
 	CHECK_EQ(bad, 0, "after every SIGKILL the store is the last or the in-flight commit");
+	s = sopen(path, 0);
+	if (s && !view_open(s, "ca", CK, &a)) {
+		/* one more delta commit (cur + 1 odd) or whole (even) */
+		uint64_t before_d, before_s, i = cur + 1;
+		if (i % 2 == 0) { /* a whole commit first */
+			for (uint64_t k = 0; k < CK; k++)
+				crash_fill(&a, k, i);
+			CHECK_EQ(oc_store_commit(s), 0, "crash store: commit after the kills");
+			i++;
+		}
+		oc_store_stats(s, &ss);
+		before_d = ss.delta_pages_written;
+		before_s = ss.blocks_stored;
+		for (uint64_t k = 0; k < CK; k++)
+			crash_fill(&a, k, i);
+		CHECK(crash_is(&a, 0, i), "crash store: delta state in memory");
+		CHECK_EQ(oc_store_commit(s), 0, "crash store: a delta commit after the kills");
+		oc_store_stats(s, &ss);
+		CHECK(ss.delta_pages_written - before_d == 3 * CK &&
+		      ss.blocks_stored == before_s, "crash test: odd commits are deltas");
+		view_close(&a);
+	}
+	oc_store_close(s);
 	CHECK(killed_after_commit > 0, "commits happened between kills (%llu rounds)",
 	      (unsigned long long)killed_after_commit);
 }
@@ -507,6 +562,199 @@ static void test_corrupt(const char *path, const char *copy)
 		CHECK_EQ(oc_fileh_load(fh, 2, 1), 0, "other blocks load");
 		oc_store_close(s);
 	}
+}
+
+/* ---- page deltas ----------------------------------------------------------- */
+
+#define DN 32 /* blocks of the delta test's array */
+
+/* Set page pg of block blk to a pattern of val, in the view and the model. */
+static void page_set(struct view *v, uint64_t *model, uint64_t blk,
+		     uint64_t pg, uint64_t val)
+{
+	for (uint64_t w = 0; w < PW; w++) {
+		uint64_t i = blk * W + pg * PW + w;
+		v->p[i] = model[i] = val * 1000 + w;
+	}
+}
+
+static int same(struct view *v, const uint64_t *model, uint64_t nblk)
+{
+	return !memcmp(v->p, model, nblk * BS);
+}
+
+static off_t file_size(const char *dir, const char *name)
+{
+	char p[700];
+	struct stat sb;
+	snprintf(p, sizeof p, "%s/%s", dir, name);
+	return stat(p, &sb) ? -1 : sb.st_size;
+}
+
+/* Entries of the deltas database (read with LMDB directly), -1 on error. */
+static long delta_entries(const char *path)
+{
+	char p[700];
+	MDB_env *env;
+	MDB_txn *t = NULL;
+	MDB_dbi d;
+	MDB_stat ms;
+	int rc;
+	snprintf(p, sizeof p, "%s/index.mdb", path);
+	mdb_env_create(&env);
+	mdb_env_set_maxdbs(env, 8);
+	mdb_env_set_mapsize(env, (size_t)256 << 20);
+	rc = mdb_env_open(env, p, MDB_NOSUBDIR | MDB_RDONLY, 0644);
+	rc = rc ? rc : mdb_txn_begin(env, NULL, MDB_RDONLY, &t);
+	rc = rc ? rc : mdb_dbi_open(t, "deltas", 0, &d);
+	rc = rc ? rc : mdb_stat(t, d, &ms);
+	if (t)
+		mdb_txn_abort(t);
+	mdb_env_close(env);
+	return rc ? -1 : (long)ms.ms_entries;
+}
+
+static void test_deltas(const char *path, const char *copy)
+{
+	oc_store_t *s = sopen(path, OC_STORE_CREATE);
+	oc_array_meta_t m = meta1(DN, NULL);
+	oc_store_stats_t s0, ss;
+	uint64_t *model = calloc(DN, BS), off4 = 0, off2 = 0;
+	off_t data0, idx0;
+	struct view v;
+	oc_file_t *f;
+	int fd, ok, status;
+	pid_t pid;
+
+	CHECK(s && model, "delta test: create a store");
+	if (!s || !model || oc_store_create(s, "d", &m) || view_open(s, "d", DN, &v))
+		goto out;
+	for (uint64_t b = 0; b < DN; b++)
+		for (uint64_t pg = 0; pg < BS / 4096; pg++)
+			page_set(&v, model, b, pg, b * 100 + pg + 1);
+	CHECK_EQ(oc_store_commit(s), 0, "commit whole blocks");
+	f = oc_fileh_file(v.fh);
+	CHECK_EQ(f->ops->mapblk(f, 4, &fd, &off4), 0, "block 4 is mapped");
+
+	/* one page changed in each block: DN delta pages, no data growth */
+	oc_store_stats(s, &s0);
+	data0 = file_size(path, "data");
+	idx0 = file_size(path, "index.mdb");
+	for (uint64_t b = 0; b < DN; b++)
+		page_set(&v, model, b, 5, 7000 + b);
+	CHECK_EQ(oc_store_commit(s), 0, "commit one page per block");
+	oc_store_stats(s, &ss);
+	CHECK_EQ(ss.delta_pages_written - s0.delta_pages_written, DN, "one delta page per block");
+	CHECK_EQ(ss.bytes_written - s0.bytes_written, DN * 4096, "one page of bytes per block written");
+	CHECK_EQ(ss.blocks_stored, s0.blocks_stored, "no block written whole");
+	CHECK_EQ(ss.blocks_folded, 0, "nothing folded");
+	CHECK_EQ(file_size(path, "data") - data0, 0, "data file did not grow");
+	CHECK(file_size(path, "index.mdb") - idx0 <= (off_t)(3 * DN + 32) * 4096,
+	      "index grew by about %u pages: %lld bytes", DN,
+	      (long long)(file_size(path, "index.mdb") - idx0));
+	CHECK(same(&v, model, DN), "data as written after the commit");
+	CHECK_EQ(f->ops->mapblk(f, 4, &fd, &off4) , OC_NOMAP, "a block with deltas is not mapped");
+
+	/* abort after delta commits */
+	page_set(&v, model, 0, 7, 1); /* the model is restored below */
+	page_set(&v, model, 1, 5, 2);
+	page_set(&v, model, 2, 0, 3);
+	CHECK_EQ(oc_store_abort(s), 0, "abort small changes");
+	page_set(&v, model, 0, 7, 0 * 100 + 7 + 1);
+	page_set(&v, model, 1, 5, 7000 + 1);
+	page_set(&v, model, 2, 0, 2 * 100 + 0 + 1);
+	CHECK(same(&v, model, DN), "abort restores the committed state");
+
+	/* repeated small changes to block 2 fold after a quarter (4 pages) */
+	ok = 1;
+	for (uint64_t pg = 0; pg < 3; pg++) {
+		page_set(&v, model, 2, pg, 9000 + pg);
+		ok &= oc_store_commit(s) == 0;
+	}
+	oc_store_stats(s, &ss);
+	CHECK(ok && ss.blocks_folded == 0 && ss.blocks_stored == s0.blocks_stored,
+	      "4 delta pages in block 2: not folded");
+	page_set(&v, model, 2, 10, 9010);
+	CHECK_EQ(oc_store_commit(s), 0, "a fifth page");
+	oc_store_stats(s, &ss);
+	CHECK(ss.blocks_folded == 1 && ss.blocks_stored == s0.blocks_stored + 1,
+	      "block 2 folded into a fresh extent");
+	CHECK_EQ(f->ops->mapblk(f, 2, &fd, &off2), 0, "a folded block is mapped again");
+	CHECK(same(&v, model, DN), "data after the fold");
+	/* an all-zero block with deltas is deleted with them */
+	memset(v.p + 3 * W, 0, BS);
+	memset(model + 3 * W, 0, BS);
+	CHECK_EQ(oc_store_commit(s), 0, "zero block 3");
+	view_close(&v);
+	CHECK_EQ(oc_store_close(s), 0, "close");
+	CHECK_EQ(delta_entries(path), DN - 2, "deltas of the folded and zeroed blocks dropped");
+
+	/* reopen: every block reads back; delta blocks are loaded */
+	s = sopen(path, 0);
+	if (!s || view_open(s, "d", DN, &v))
+		goto out;
+	CHECK(same(&v, model, DN), "data after reopen");
+	oc_store_stats(s, &ss);
+	CHECK(ss.loads == DN - 2 && ss.maps == 1 && ss.holes >= 1 &&
+	      ss.verified == DN - 1 && ss.corrupt == 0,
+	      "reopen: %llu loads, %llu maps, %llu holes, %llu verified",
+	      (unsigned long long)ss.loads, (unsigned long long)ss.maps, (unsigned long long)ss.holes,
+	      (unsigned long long)ss.verified);
+
+	/* another process reads the same */
+	pid = fork();
+	if (pid == 0) {
+		oc_store_t *c = child_open(path);
+		struct view cv;
+		if (!c || view_open(c, "d", DN, &cv))
+			_exit(1);
+		ok = same(&cv, model, DN);
+		view_close(&cv);
+		oc_store_close(c);
+		_exit(ok ? 0 : 2);
+	}
+	CHECK(pid > 0 && waitpid(pid, &status, 0) == pid && WIFEXITED(status) &&
+	      WEXITSTATUS(status) == 0, "another process reads the same data");
+	view_close(&v);
+	oc_store_close(s);
+
+	/* a corrupt base extent under deltas is caught by the checksum of
+	 * the assembled block (byte 1000: page 0, not a delta page) */
+	{
+		char from[700], to[700];
+		unsigned char c;
+		oc_fileh_t *fh;
+		mkdir(copy, 0755);
+		snprintf(from, sizeof from, "%s/index.mdb", path);
+		snprintf(to, sizeof to, "%s/index.mdb", copy);
+		CHECK(!copy_file(from, to), "copy index");
+		snprintf(from, sizeof from, "%s/data", path);
+		snprintf(to, sizeof to, "%s/data", copy);
+		CHECK(!copy_file(from, to), "copy data");
+		fd = open(to, O_RDWR);
+		CHECK(fd >= 0 && pread(fd, &c, 1, (off_t)off4 + 1000) == 1, "read a byte of block 4");
+		c ^= 0x5a;
+		CHECK(pwrite(fd, &c, 1, (off_t)off4 + 1000) == 1, "flip it");
+		close(fd);
+		s = sopen(copy, 0);
+		if (s && !oc_store_array_fileh(s, "d", &fh)) {
+			CHECK_EQ(oc_fileh_load(fh, 4, 1), OC_ECORRUPT,
+				 "corrupt extent under deltas: OC_ECORRUPT");
+			CHECK_EQ(oc_fileh_load(fh, 5, 1), 0, "other delta blocks load");
+		}
+		oc_store_close(s);
+	}
+
+	/* deleting the array deletes its deltas */
+	s = sopen(path, 0);
+	if (s) {
+		CHECK_EQ(oc_store_delete(s, "d"), 0, "delete the delta array");
+		CHECK_EQ(oc_store_commit(s), 0, "commit the delete");
+		oc_store_close(s);
+		CHECK_EQ(delta_entries(path), 0, "its deltas are gone");
+	}
+out:
+	free(model);
 }
 
 /* ---- bad input ----------------------------------------------------------------- */
@@ -705,6 +953,9 @@ int main(void)
 	test_corrupt(p, c);
 	test_bad_input(p);
 	test_unwritable(p);
+	path_of(p, sizeof p, "deltas");
+	path_of(c, sizeof c, "deltascopy");
+	test_deltas(p, c);
 	path_of(p, sizeof p, "crash");
 	test_crash(p);
 	rm_tree(base);

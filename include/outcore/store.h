@@ -44,8 +44,12 @@
  *
  * Engines.  The store format and engine are chosen by oc_store_open(); the
  * default (and today only) engine keeps a store in a directory: index.mdb
- * (an LMDB database: arrays, block index, free space, change log, format
- * version) and data (block extents, page-aligned, mapped with no copy).
+ * (an LMDB database: arrays, block index, free space, change log, page
+ * deltas, format version) and data (block extents, page-aligned, mapped
+ * with no copy).  A block of which few 4 KiB pages changed is stored as
+ * those pages (deltas, in index.mdb) over its old extent; such a block is
+ * served by copying (loadblk) until enough changes accumulate and it is
+ * written whole again to a fresh extent ("folded").
  *
  * Processes and threads.  A process opens a given store at most once at a
  * time (a second open gives -EBUSY).  A child made by fork() must not use
@@ -189,9 +193,10 @@ typedef struct oc_store_stats {
 	uint64_t aborts;        /* aborts */
 	uint64_t failed_commits;/* commits that failed (conflicts included) */
 	uint64_t conflicts;     /* commits that failed with OC_ECONFLICT */
-	uint64_t blocks_stored; /* block versions written to the data file */
+	uint64_t blocks_stored; /* block versions written whole to the data file */
 	uint64_t blocks_zeroed; /* all-zero blocks deleted instead of stored */
-	uint64_t bytes_written; /* data bytes written */
+	uint64_t bytes_written; /* data bytes written: whole blocks to the data
+				 * file plus delta pages to the index */
 	uint64_t loads;         /* blocks copied by loadblk */
 	uint64_t maps;          /* blocks handed out for mapping */
 	uint64_t holes;         /* blocks served as zeros (never stored) */
@@ -201,6 +206,13 @@ typedef struct oc_store_stats {
 	uint64_t snapshot;      /* gauge: the engine's id of the snapshot */
 	uint64_t data_size;     /* gauge: bytes of the data file in use */
 	uint64_t narrays_open;  /* gauge: arrays with an open handle */
+	uint64_t delta_pages_written; /* 4 KiB pages written as page deltas
+				       * (a run of deltas that gains a page is
+				       * rewritten whole, so this counts its
+				       * old pages again) */
+	uint64_t blocks_folded; /* stored blocks written whole again because
+				 * their changed and pending delta pages were
+				 * more than a quarter of the block */
 } oc_store_stats_t;
 
 /* Fill *stats.  Returns 0, OC_EFORKED. */
