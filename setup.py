@@ -1,3 +1,6 @@
+# outcore: out-of-core arrays on a userspace virtual memory manager.
+# Copyright (C) 2026 the outcore developers.
+# SPDX-License-Identifier: GPL-3.0-or-later WITH outcore-OSI-exception
 """Build outcore: the pure-Python package plus the extension outcore._core.
 
 The extension is compiled from binding/_core.c together with every src/*.c

@@ -1,4 +1,7 @@
 #!/usr/bin/python3
+# outcore: out-of-core arrays on a userspace virtual memory manager.
+# Copyright (C) 2026 the outcore developers.
+# SPDX-License-Identifier: GPL-3.0-or-later WITH outcore-OSI-exception
 """Benchmark: outcore.memmap against numpy.memmap on the same file.
 
     /usr/bin/python3 bench/bench_memmap.py [--size 4GiB] [--budget 256MiB]

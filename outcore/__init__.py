@@ -1,3 +1,6 @@
+# outcore: out-of-core arrays on a userspace virtual memory manager.
+# Copyright (C) 2026 the outcore developers.
+# SPDX-License-Identifier: GPL-3.0-or-later WITH outcore-OSI-exception
 """outcore: out-of-core NumPy arrays on a userspace virtual memory manager.
 
 The first thing most people want is :class:`outcore.memmap`, which is

@@ -1,3 +1,6 @@
+# outcore: out-of-core arrays on a userspace virtual memory manager.
+# Copyright (C) 2026 the outcore developers.
+# SPDX-License-Identifier: GPL-3.0-or-later WITH outcore-OSI-exception
 """BigArray: an N-dimensional array over an outcore file handle.
 
 How it works (and why it is correct by construction).  The array's whole

@@ -1,4 +1,7 @@
 #!/bin/sh
+# outcore: out-of-core arrays on a userspace virtual memory manager.
+# Copyright (C) 2026 the outcore developers.
+# SPDX-License-Identifier: GPL-3.0-or-later WITH outcore-OSI-exception
 # outcore: install the Debian packages that building and testing need.
 #
 # Run as root on Debian 12.  Idempotent and quiet when everything is there:

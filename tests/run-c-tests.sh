@@ -1,4 +1,7 @@
 #!/usr/bin/env bash
+# outcore: out-of-core arrays on a userspace virtual memory manager.
+# Copyright (C) 2026 the outcore developers.
+# SPDX-License-Identifier: GPL-3.0-or-later WITH outcore-OSI-exception
 # outcore: run the C test programs of one build mode.
 #
 #   tests/run-c-tests.sh [-j N] MODE [NAME...]
