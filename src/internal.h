@@ -90,6 +90,10 @@ int _oc_os_unmap_to_reserve(void *addr, size_t len);
  * populating the page tables when populate is set. */
 int _oc_os_map_fixed(void *addr, size_t len, int prot, int fd, uint64_t off,
 		     bool populate);
+/* Map [off, off+len) of regular file fd read-only and populated, anywhere
+ * (*out; give it back with _oc_os_release).  -EIO if the file ends before
+ * off+len (a mapping past the end would raise SIGBUS when read). */
+int _oc_os_map_file_ro(int fd, uint64_t off, size_t len, const void **out);
 /* mprotect. */
 int _oc_os_protect(void *addr, size_t len, int prot);
 /* Punch a hole (free the memory) in a shared-memory file. */

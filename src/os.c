@@ -19,6 +19,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #if __has_include(<valgrind/memcheck.h>)
@@ -108,6 +109,24 @@ int _oc_os_map_fixed(void *addr, size_t len, int prot, int fd, uint64_t off,
 	void *p = mmap(addr, len, prot, flags, fd, (off_t)off);
 	if (p == MAP_FAILED)
 		RET(-errno);
+	RET(0);
+}
+
+int _oc_os_map_file_ro(int fd, uint64_t off, size_t len, const void **out)
+{
+	SAVE_ERRNO;
+	struct stat sb;
+	void *p;
+
+	if (fstat(fd, &sb))
+		RET(-errno);
+	if (sb.st_size < 0 || (uint64_t)sb.st_size < off ||
+	    (uint64_t)sb.st_size - off < len)
+		RET(-EIO);
+	p = mmap(NULL, len, PROT_READ, MAP_SHARED | MAP_POPULATE, fd, (off_t)off);
+	if (p == MAP_FAILED)
+		RET(-errno);
+	*out = p;
 	RET(0);
 }
 

@@ -811,17 +811,17 @@ static int eng_blk_map(void *p, uint64_t id, uint64_t blk, size_t blksize,
 	if (r.ndelta)
 		return OC_NOMAP; /* to be assembled by blk_load */
 	if (do_verify && !is_verified(e, &r)) {
-		/* Read it once: this also fills the page cache the mapping
-		 * will use. */
-		void *buf = malloc(blksize);
-		if (!buf)
-			return -ENOMEM;
-		err = _oc_os_pread_all(e->datafd, buf, blksize, r.off);
-		if (err == -EIO)
+		/* Hash the extent through a mapping of the page cache: no
+		 * copy and no buffer to fault in, and the pages it reads are
+		 * those the core's mapping will use. */
+		const void *m;
+		err = _oc_os_map_file_ro(e->datafd, r.off, blksize, &m);
+		if (err == -EIO) /* the data file was truncated */
 			err = OC_ECORRUPT;
-		if (!err)
-			err = verify(e, &r, buf, blksize);
-		free(buf);
+		if (err)
+			return err;
+		err = verify(e, &r, m, blksize);
+		_oc_os_release((void *)m, blksize);
 		if (err)
 			return err;
 	}
