@@ -8,7 +8,7 @@
 #                      valgrind / TSan, then the Python tests (exit != 0 on
 #                      any failure); WERROR=1 adds -Werror (CI sets it)
 #   make test-plain    one mode only (also test-asan, test-valgrind, test-tsan)
-#   make demo          build and run build/examples/demo
+#   make demo          build and run `outcore demo` (bin/outcore)
 #   make bench         build and run every bench/bench_*.c
 #   make install       PREFIX=/usr/local, DESTDIR= for staging
 #   make clean | dist
@@ -204,7 +204,7 @@ test-plain test-asan test-valgrind test-tsan:
 PYEXT_SUFFIX := $(shell $(PYTHON) -c 'import sysconfig; print(sysconfig.get_config_var("EXT_SUFFIX"))' 2>/dev/null)
 PYEXT      = outcore/_core$(PYEXT_SUFFIX)
 $(PYEXT): binding/_core.c $(SRCS) $(wildcard src/*.h include/outcore/*.h) setup.py pyproject.toml
-	WERROR=$(WERROR) $(PYTHON) setup.py -q build_ext --inplace
+	WERROR=$(WERROR) $(PYTHON) setup.py -q build_ext --inplace --force
 	@touch $@
 
 PYTEST_DIR = tests/python
@@ -226,9 +226,8 @@ pytest: $(PYEXT)
 .PHONY: demo bench bench-c bench-python
 demo:
 	@$(DEPS)
-	@$(MAKE) --no-print-directory all
-	@if [ -e examples/demo.c ]; then build/examples/demo; \
-	else echo "demo: no examples/demo.c yet"; fi
+	@$(MAKE) --no-print-directory all pyext
+	$(PYTHON) bin/outcore demo
 
 bench:
 	@$(DEPS) bench
@@ -244,7 +243,18 @@ bench-python: $(PYEXT)
 # ---- install, dist, clean --------------------------------------------------
 
 .PHONY: install uninstall dist clean
-install: lib $(PC)
+# The Python package goes where $(PYTHON) looks for site packages under
+# $(PREFIX) (Debian: $(PREFIX)/lib/python3.X/dist-packages), and the command
+# to $(PREFIX)/bin/outcore.
+PYSITE ?= $(shell $(PYTHON) -c 'import sys; print("$(PREFIX)/lib/python%d.%d/dist-packages" % sys.version_info[:2])')
+
+install: lib $(PC) $(PYEXT)
+	install -d $(DESTDIR)$(PYSITE)/outcore $(DESTDIR)$(PREFIX)/bin
+	install -m 644 outcore/*.py outcore/*.pyi outcore/py.typed $(DESTDIR)$(PYSITE)/outcore/
+	install -m 755 $(PYEXT) $(DESTDIR)$(PYSITE)/outcore/
+	printf '#!%s\nfrom outcore.cli import main\nraise SystemExit(main())\n' '$(PYTHON)' \
+		> $(DESTDIR)$(PREFIX)/bin/outcore
+	chmod 755 $(DESTDIR)$(PREFIX)/bin/outcore
 	install -d $(DESTDIR)$(LIBDIR) $(DESTDIR)$(INCLUDEDIR)/outcore $(DESTDIR)$(PKGCONFIGDIR)
 	install -m 644 $(LIB_A) $(DESTDIR)$(LIBDIR)/
 	install -m 755 $(LIB_SO) $(DESTDIR)$(LIBDIR)/liboutcore.so.$(VERSION)
@@ -254,6 +264,7 @@ install: lib $(PC)
 	install -m 644 $(PC) $(DESTDIR)$(PKGCONFIGDIR)/outcore.pc
 
 uninstall:
+	rm -rf $(DESTDIR)$(PYSITE)/outcore $(DESTDIR)$(PREFIX)/bin/outcore
 	rm -f $(DESTDIR)$(LIBDIR)/liboutcore.a $(DESTDIR)$(LIBDIR)/liboutcore.so*
 	rm -rf $(DESTDIR)$(INCLUDEDIR)/outcore
 	rm -f $(DESTDIR)$(PKGCONFIGDIR)/outcore.pc

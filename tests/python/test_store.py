@@ -1,3 +1,6 @@
+# outcore: out-of-core arrays on a userspace virtual memory manager.
+# Copyright (C) 2026 the outcore developers.
+# SPDX-License-Identifier: GPL-3.0-or-later WITH outcore-OSI-exception
 """Transactional stores (outcore.open): commit / abort / reopen round trips,
 metadata and attrs, bad input, two processes (disjoint blocks, conflicts,
 invalidation), pickling through a spawned process, an array 16x the budget.
