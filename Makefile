@@ -207,6 +207,9 @@ $(PYEXT): binding/_core.c $(SRCS) $(wildcard src/*.h include/outcore/*.h) setup.
 	WERROR=$(WERROR) $(PYTHON) setup.py -q build_ext --inplace --force
 	@touch $@
 
+# `make` builds the extension too (PYEXT is only known from here on).
+all: $(PYEXT)
+
 PYTEST_DIR = tests/python
 
 .PHONY: pyext pytest
