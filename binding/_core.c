@@ -201,7 +201,12 @@ static PyObject *raise_code(int err, const char *fmt, ...)
 	if (!ctx)
 		return NULL;
 	PyObject *cls = code_class(err);
-	PyObject *msg = PyUnicode_FromFormat("%U: %s", ctx, oc_strerror(err));
+	/* The failing op may have said where (e.g. which array and block). */
+	const char *detail = oc_error_detail();
+	PyObject *msg = detail[0]
+		? PyUnicode_FromFormat("%U: %s: %s", ctx, detail, oc_strerror(err))
+		: PyUnicode_FromFormat("%U: %s", ctx, oc_strerror(err));
+	oc_set_error_detail(NULL);
 	Py_DECREF(ctx);
 	if (!msg)
 		return NULL;

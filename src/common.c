@@ -19,6 +19,26 @@ const char *oc_version(void)
 	return "0.1.0";
 }
 
+static __thread char error_detail[256];
+
+const char *oc_error_detail(void)
+{
+	return error_detail;
+}
+
+void oc_set_error_detail(const char *fmt, ...)
+{
+	va_list ap;
+
+	if (!fmt) {
+		error_detail[0] = 0;
+		return;
+	}
+	va_start(ap, fmt);
+	vsnprintf(error_detail, sizeof error_detail, fmt, ap);
+	va_end(ap);
+}
+
 const char *oc_strerror(int err)
 {
 	switch (err) {

@@ -135,6 +135,8 @@ static void corrupt_msg(struct sarray *sa, uint64_t blk)
 	_oc_msg("outcore: store: array '%s' block %llu: checksum mismatch: "
 		"the stored data is corrupt\n",
 		sa->name, (unsigned long long)blk);
+	oc_set_error_detail("array '%s' block %llu", sa->name,
+			    (unsigned long long)blk);
 }
 
 static int sa_loadblk(oc_file_t *f, uint64_t blk, void *buf)

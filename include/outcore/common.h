@@ -61,6 +61,17 @@ OC_API const char *oc_strerror(int err);
  * fills *out, -EINVAL for a malformed string, -ERANGE on overflow. */
 OC_API int oc_parse_size(const char *s, uint64_t *out);
 
+/* A detail of the calling thread's last error, set by the code that failed
+ * (a file op or a storage engine) with oc_set_error_detail(): for example
+ * "array 'x' block 4" for OC_ECORRUPT.  Returns "" when there is none.
+ * The string lives until the thread's next oc_set_error_detail(). */
+OC_API const char *oc_error_detail(void);
+
+/* Set (printf-style) or, with fmt NULL, clear the calling thread's error
+ * detail.  Safe in a file op, including one running in a page fault. */
+OC_API void oc_set_error_detail(const char *fmt, ...)
+	__attribute__((format(printf, 1, 2)));
+
 /* Library version, "MAJOR.MINOR.PATCH". */
 OC_API const char *oc_version(void);
 

@@ -920,6 +920,7 @@ def test_corrupt_block_is_reported_naming_array_and_block(tmp_path, capfd):
         outcore.prefault(A)
     assert ei.value.code == outcore._core.OC_ECORRUPT
     assert "corrupt" in str(ei.value)
+    assert "array 'arr 'one'' block 1" in str(ei.value), str(ei.value)
     err = capfd.readouterr().err
     assert "array 'arr 'one'' block 1:" in err, err
     with pytest.raises(outcore.StoreError):      # again: still refused
