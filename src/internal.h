@@ -156,8 +156,9 @@ struct oc_ram {
 
 /* Under the lock: get a slot for a new page, reclaiming a clean page of
  * this RAM when the budget is reached (its slot is then reused at once).
- * *warm says whether the slot's window page tables are filled, *zero
- * whether it holds zeros (a punched or new slot).  Returns 0 or -errno. */
+ * *warm says whether the slot's window page tables are filled (always, for
+ * memory without pwrite), *zero whether it holds zeros (a punched or new
+ * slot).  Returns 0, -errno or OC_ENOHUGE. */
 int _oc_ram_get_slot(oc_ram_t *ram, uint64_t *slot, bool *warm, bool *zero);
 /* Under the lock: make a slot in use read as zeros (punch it). */
 void _oc_ram_put_slot_zero(oc_ram_t *ram, uint64_t slot);

@@ -461,6 +461,16 @@ int _oc_ram_get_slot(oc_ram_t *ram, uint64_t *slot, bool *warm, bool *zero)
 	*slot = ram->nslots++;
 	*warm = false;
 got:
+	/* Memory without pwrite (hugetlb) is only reached through the
+	 * window: allocate the page and fill its window entry now. */
+	if (!*warm && !ram->can_pwrite) {
+		err = _oc_ram_warm_slot(ram, *slot);
+		if (err) {
+			_oc_ram_put_slot(ram, *slot);
+			return err;
+		}
+		*warm = true;
+	}
 	ram->ram_pages++;
 	if (used_units(ram) << ram->pageshift > ram->st.used_max)
 		ram->st.used_max = used_units(ram) << ram->pageshift;

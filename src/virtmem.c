@@ -581,18 +581,20 @@ static int load_page(oc_fileh_t *fh, uint64_t blk, uint64_t ahead)
 		if (want == OC_ZEROBLK) {
 			/* A hole: a new or punched slot already reads as
 			 * zeros; a recycled one is punched.  No copy. */
-			if (!zero)
+			if (!zero) {
 				_oc_ram_put_slot_zero(ram, slot);
+				/* hugetlb: allocate the punched page again, so
+				 * that a touch cannot meet a missing one. */
+				if (!ram->can_pwrite) {
+					r = _oc_ram_warm_slot(ram, slot);
+					if (r)
+						goto drop;
+				}
+			}
 			ram->st.zero_fills++;
 			p->state = PAGE_CLEAN;
 			goto loaded;
 		}
-	}
-	if (!warm && !ram->can_pwrite) {
-		r = _oc_ram_warm_slot(ram, slot);
-		if (r)
-			goto drop;
-		warm = true;
 	}
 	if (!warm && file->ops->loadblk_fd) {
 		/* The file writes the block into the memory file itself:
@@ -676,12 +678,6 @@ static int cow_page(struct oc_vma *v, struct page *p, struct maprec *rec)
 	r = _oc_ram_get_slot(ram, &slot, &warm, &zero);
 	if (r)
 		goto fail;
-	if (!warm && !ram->can_pwrite) {
-		r = _oc_ram_warm_slot(ram, slot);
-		if (r)
-			goto fail_slot;
-		warm = true;
-	}
 	if (!src) {
 		bbuf = warm ? _oc_ram_slot_addr(ram, slot)
 			    : get_bounce(ram->pagesize, &tmp);
