@@ -37,15 +37,18 @@ INCLUDEDIR   ?= $(PREFIX)/include
 PKGCONFIGDIR ?= $(LIBDIR)/pkgconfig
 DESTDIR      ?=
 
+# libpq-fe.h (Debian: /usr/include/postgresql).
+PG_INCLUDEDIR ?= $(shell pg_config --includedir 2>/dev/null || echo /usr/include/postgresql)
+
 # CFLAGS is the user's knob; what the code needs is in OC_CFLAGS.
 CFLAGS   ?= -O2 -g
 LDFLAGS  ?=
 # Libraries liboutcore needs (storage engines add theirs here: -llmdb ...).
-LIBS      = -lpthread -llmdb -lxxhash
+LIBS      = -lpthread -llmdb -lxxhash -lpq
 
 WARNINGS  = -Wall -Wextra $(if $(filter 1,$(WERROR)),-Werror)
 OC_CFLAGS = -std=c11 -D_GNU_SOURCE $(WARNINGS) -fPIC -fvisibility=hidden \
-            -Iinclude -DOUTCORE_VERSION='"$(VERSION)"'
+            -Iinclude -I$(PG_INCLUDEDIR) -DOUTCORE_VERSION='"$(VERSION)"'
 ALL_CFLAGS  = $(OC_CFLAGS) $(CPPFLAGS) $(CFLAGS)
 TEST_CFLAGS = $(ALL_CFLAGS) -Isrc -Itests
 ASAN_FLAGS  = -fsanitize=address,undefined -fno-omit-frame-pointer

@@ -40,12 +40,12 @@ SOURCES = ["binding/_core.c"] + sorted(
 core = Extension(
     "outcore._core",
     sources=SOURCES,
-    include_dirs=["include", "src"],
+    include_dirs=["include", "src", "/usr/include/postgresql"],
     define_macros=[("_GNU_SOURCE", None),
                    ("OUTCORE_VERSION", '"%s"' % VERSION)],
     extra_compile_args=["-std=c11", "-Wall", "-Wextra", "-fvisibility=hidden",
                         "-Wno-missing-field-initializers"] + WERROR,
-    libraries=["pthread", "lmdb", "xxhash"],
+    libraries=["pthread", "lmdb", "xxhash", "pq"],
     depends=sorted(glob.glob(os.path.join(HERE, "include", "outcore", "*.h"))
                    + glob.glob(os.path.join(HERE, "src", "*.h"))),
 )

@@ -1708,6 +1708,24 @@ static int store_check(StoreObject *self)
 	return 0;
 }
 
+/* A store path fit to show: a connection string may hold a password, so
+ * a URI shows neither its user info nor its options.  Returns buf or
+ * path. */
+static const char *shown_path(const char *path, char *buf, size_t n)
+{
+	const char *at = strchr(path, '@'), *sl = strstr(path, "://");
+	size_t q = strcspn(path, "?");
+
+	if (!sl)
+		return path;
+	if (at && (size_t)(at - path) < q)
+		snprintf(buf, n, "%.*s***%.*s", (int)(sl + 3 - path), path,
+			 (int)(q - (size_t)(at - path)), at);
+	else
+		snprintf(buf, n, "%.*s", (int)q, path);
+	return buf;
+}
+
 static int Store_init(StoreObject *self, PyObject *args, PyObject *kw)
 {
 	static char *kwlist[] = {"path", "flags", "ram", NULL};
@@ -1749,7 +1767,8 @@ static int Store_init(StoreObject *self, PyObject *args, PyObject *kw)
 	NOGIL_CALL(err = oc_store_open(&st, path, flags,
 				       ((RAMObject *)ram)->ram));
 	if (err) {
-		raise_code(err, "Store(%s)", path);
+		char shown[512];
+		raise_code(err, "Store(%s)", shown_path(path, shown, sizeof shown));
 		Py_DECREF(pathb);
 		Py_DECREF(ram);
 		Py_DECREF(handles);
@@ -2165,12 +2184,26 @@ static PyObject *Store_get_readonly(StoreObject *self, void *c)
 
 static PyObject *Store_repr(StoreObject *self)
 {
+	PyObject *str;
+	const char *path;
+	char shown[512];
+
 	if (!self->path)
 		return PyUnicode_FromString("<outcore.Store (uninitialised)>");
-	return PyUnicode_FromFormat("<outcore.Store %R%s%s>", self->path,
-				    (self->flags & OC_STORE_RDONLY)
-					    ? " readonly" : "",
-				    self->st ? "" : " (closed)");
+	str = PyObject_Str(self->path);
+	if (!str)
+		return NULL;
+	path = PyUnicode_AsUTF8(str);
+	if (!path) {
+		Py_DECREF(str);
+		return NULL;
+	}
+	PyObject *r = PyUnicode_FromFormat(
+		"<outcore.Store '%s'%s%s>", shown_path(path, shown, sizeof shown),
+		(self->flags & OC_STORE_RDONLY) ? " readonly" : "",
+		self->st ? "" : " (closed)");
+	Py_DECREF(str);
+	return r;
 }
 
 static PyMethodDef Store_methods[] = {

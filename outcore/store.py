@@ -156,6 +156,24 @@ def _check_name(name):
 
 # ---- the store ----------------------------------------------------------------
 
+def _is_url(path):
+    """Whether path names a database server (a PostgreSQL connection URI)
+    rather than a directory: it is passed to the C store unchanged."""
+    return path.startswith(("postgresql://", "postgres://"))
+
+
+def _shown(path):
+    """path for messages: a URI without its user info (which may hold a
+    password) and options."""
+    if not _is_url(path):
+        return path
+    scheme, rest = path.split("://", 1)
+    rest = rest.split("?", 1)[0]
+    if "@" in rest:
+        rest = "***" + rest[rest.index("@"):]
+    return scheme + "://" + rest
+
+
 def open(path, ram=None, readonly=False, *, verify=True):
     """Open the store at path (a directory), creating it if missing unless
     readonly.
@@ -184,7 +202,7 @@ class Store:
         path = os.fspath(path)
         if isinstance(path, bytes):
             path = os.fsdecode(path)
-        self._path = os.path.abspath(path)
+        self._path = path if _is_url(path) else os.path.abspath(path)
         self._readonly = bool(readonly)
         self._verify = bool(verify)
         self._ram_user = isinstance(ram, _core.RAM)
@@ -211,7 +229,7 @@ class Store:
                 raise _error(_core.BusyError, -16,
                              "store %s is already open in this process "
                              "(%r): use that object, or close it first"
-                             % (self._path, other)) from None
+                             % (_shown(self._path), other)) from None
             st = self._take_deferred(flags, ram, ramobj)
         self._st = st
         self._ram = st.ram
@@ -223,7 +241,7 @@ class Store:
         _open_stores[self._key()] = self
 
     def _key(self):
-        return os.path.realpath(self._path)
+        return self._path if _is_url(self._path) else os.path.realpath(self._path)
 
     def _take_deferred(self, flags, ram, ramobj):
         """The core store of this path whose close was deferred (views of
@@ -253,7 +271,7 @@ class Store:
                          "store %s was closed while views of its arrays "
                          "were alive, and opened before %s: it stays open "
                          "until they are gone (drop them, or open it as "
-                         "before)" % (self._path, why))
+                         "before)" % (_shown(self._path), why))
         return st
 
     # ---- attributes -----------------------------------------------------
@@ -280,13 +298,13 @@ class Store:
 
     def __repr__(self):
         return "<outcore.Store %r%s%s>" % (
-            self._path, " readonly" if self._readonly else "",
+            _shown(self._path), " readonly" if self._readonly else "",
             " (closed)" if self._st is None else "")
 
     def _core(self):
         if self._st is None:
             raise _error(_core.InvalidArgument, -22,
-                         "operation on a closed store (%s)" % self._path)
+                         "operation on a closed store (%s)" % _shown(self._path))
         return self._st
 
     # ---- arrays -----------------------------------------------------------
@@ -547,7 +565,7 @@ class StoreArray(BigArray):
         if self._closed or db._st is None:
             raise _error(_core.InvalidArgument, -22,
                          "array %r: its store %s is closed"
-                         % (self._name, db._path))
+                         % (self._name, _shown(db._path)))
         if self._gen == db._gen:
             return
         st = db._st
@@ -561,7 +579,7 @@ class StoreArray(BigArray):
                 _core.NotFoundError, _core.OC_ENOTFOUND,
                 "array %r was deleted from the store %s (if it was created "
                 "again, get the new one with db[%r])"
-                % (self._name, db._path, self._name))
+                % (self._name, _shown(db._path), self._name))
         if self._meta_dtype(self._name, meta) != self._dtype or \
                 meta["order"] != self._order:
             raise _error(_core.NotFoundError, _core.OC_ENOTFOUND,
@@ -618,7 +636,7 @@ class StoreArray(BigArray):
         if self._readonly:
             raise _error(_core.ReadOnlyError, _core.OC_EREADONLY,
                          "array %r: the store %s is open read-only"
-                         % (self._name, self._db._path))
+                         % (self._name, _shown(self._db._path)))
         super().__setitem__(index, value)
 
     def resize(self, newshape):
@@ -778,7 +796,7 @@ def _open_ref(path, name, readonly, ram_spec):
     """Unpickle a reference: the store at path as this process has it open
     (opened now, and kept for the process lifetime, if it is not), and its
     array name (None: the store itself)."""
-    key = os.path.realpath(path)
+    key = path if _is_url(path) else os.path.realpath(path)
     db = _open_stores.get(key)
     if db is None or db.closed or db._pid != os.getpid():
         db = _ref_stores.get(key)

@@ -48,6 +48,7 @@ struct oc_store {
 	pid_t pid;
 	dev_t dev;
 	ino_t ino;
+	char *url;             /* a server store: its connection string */
 	struct sarray *arrays;
 	struct sarray *committing; /* whose writeout runs now */
 	bool failed;
@@ -116,6 +117,13 @@ static int check_meta(const oc_array_meta_t *m)
 		if (m->shape[i] > INT64_MAX)
 			return -EINVAL;
 	return 0;
+}
+
+/* A path naming a PostgreSQL server rather than a directory. */
+static bool is_pg_url(const char *path)
+{
+	return !strncmp(path, "postgresql://", 13) ||
+	       !strncmp(path, "postgres://", 11);
 }
 
 static bool forked(const oc_store_t *st)
@@ -329,9 +337,24 @@ int oc_store_open(oc_store_t **out, const char *path, int flags, oc_ram_t *ram)
 	st->ram = ram;
 	st->flags = flags;
 	st->pid = getpid();
+	if (is_pg_url(path)) {
+		st->ops = &_oc_store_pg;
+		if (!(st->url = strdup(path))) {
+			free(st);
+			return -ENOMEM;
+		}
+	}
 
 	pthread_mutex_lock(&open_mu);
-	if (!stat(path, &sb)) {
+	if (st->url) {
+		for (o = open_stores; o; o = o->next_open)
+			if (o->pid == st->pid && o->url && !strcmp(o->url, st->url)) {
+				pthread_mutex_unlock(&open_mu);
+				free(st->url);
+				free(st);
+				return -EBUSY;
+			}
+	} else if (!stat(path, &sb)) {
 		for (o = open_stores; o; o = o->next_open)
 			if (o->pid == st->pid && o->dev == sb.st_dev &&
 			    o->ino == sb.st_ino) {
@@ -341,17 +364,20 @@ int oc_store_open(oc_store_t **out, const char *path, int flags, oc_ram_t *ram)
 			}
 	}
 	err = st->ops->open(&st->eng, path, flags);
-	if (!err && stat(path, &sb))
+	if (!err && !st->url && stat(path, &sb))
 		err = -errno;
 	if (err) {
 		if (st->eng)
 			st->ops->close(st->eng);
 		pthread_mutex_unlock(&open_mu);
+		free(st->url);
 		free(st);
 		return err;
 	}
-	st->dev = sb.st_dev;
-	st->ino = sb.st_ino;
+	if (!st->url) {
+		st->dev = sb.st_dev;
+		st->ino = sb.st_ino;
+	}
 	st->next_open = open_stores;
 	open_stores = st;
 	pthread_mutex_unlock(&open_mu);
@@ -388,6 +414,7 @@ int oc_store_close(oc_store_t *st)
 		}
 	pthread_mutex_unlock(&open_mu);
 	st->ops->close(st->eng);
+	free(st->url);
 	free(st);
 	return 0;
 }

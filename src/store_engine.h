@@ -95,5 +95,6 @@ typedef struct oc_store_engine_ops {
 } oc_store_engine_ops_t;
 
 extern const oc_store_engine_ops_t _oc_store_lmdb;
+extern const oc_store_engine_ops_t _oc_store_pg;
 
 #endif
