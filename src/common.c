@@ -141,6 +141,16 @@ int oc_parse_size(const char *s, uint64_t *out)
 	return 0;
 }
 
+bool _oc_all_zero(const void *buf, size_t len)
+{
+	const uint64_t *w = buf;
+
+	for (size_t i = 0; i < len / 8; i++)
+		if (w[i])
+			return false;
+	return true;
+}
+
 /* A tiny formatter for _oc_msg: %s %d %u %lu %llu %x %lx %llx %p %%. */
 static size_t fmt_num(char *b, unsigned long long v, unsigned base)
 {

@@ -45,6 +45,9 @@
 __attribute__((noreturn)) void _oc_bug(const char *file, int line,
 				       const char *what);
 
+/* Whether len bytes (a multiple of 8, 8-aligned) are all zero. */
+bool _oc_all_zero(const void *buf, size_t len);
+
 /* Print a message to stderr with write(2) only (safe in a signal handler). */
 void _oc_msg(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 

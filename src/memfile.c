@@ -69,17 +69,6 @@ static int mem_loadblk_fd(oc_file_t *f, uint64_t blk, int fd, uint64_t off)
 	return err;
 }
 
-static bool all_zero(const void *buf, size_t len)
-{
-	const uint64_t *w = buf;
-	size_t i;
-
-	for (i = 0; i < len / 8; i++)
-		if (w[i])
-			return false;
-	return true;
-}
-
 static int mem_storeblk(oc_file_t *f, uint64_t blk, const void *buf)
 {
 	struct memfile *m = (struct memfile *)f;
@@ -88,7 +77,7 @@ static int mem_storeblk(oc_file_t *f, uint64_t blk, const void *buf)
 
 	pthread_rwlock_wrlock(&m->lock);
 	b = oc_pagemap_get(&m->blocks, blk);
-	if (all_zero(buf, f->blksize)) {
+	if (_oc_all_zero(buf, f->blksize)) {
 		if (b)
 			free(oc_pagemap_del(&m->blocks, blk));
 		goto out;

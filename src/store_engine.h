@@ -34,6 +34,8 @@
 
 #include <outcore/store.h>
 
+#include <stdbool.h>
+
 #define OC_STORE_ENGINE_VERSION 1
 #define OC_SE_META UINT64_MAX
 
@@ -96,5 +98,76 @@ typedef struct oc_store_engine_ops {
 
 extern const oc_store_engine_ops_t _oc_store_lmdb;
 extern const oc_store_engine_ops_t _oc_store_pg;
+
+
+/* ---- helpers the engines share (store_codec.c) ---------------------------- */
+
+/* Fixed-width integers in big-endian (keys: they sort as numbers) and
+ * little-endian (record fields) byte order. */
+static inline void _oc_put_be64(unsigned char *p, uint64_t v)
+{
+	for (int i = 7; i >= 0; i--, v >>= 8)
+		p[i] = (unsigned char)v;
+}
+
+static inline uint64_t _oc_get_be64(const unsigned char *p)
+{
+	uint64_t v = 0;
+	for (int i = 0; i < 8; i++)
+		v = v << 8 | p[i];
+	return v;
+}
+
+static inline void _oc_put_be32(unsigned char *p, uint32_t v)
+{
+	for (int i = 3; i >= 0; i--, v >>= 8)
+		p[i] = (unsigned char)v;
+}
+
+static inline void _oc_put_le64(unsigned char *p, uint64_t v)
+{
+	for (int i = 0; i < 8; i++, v >>= 8)
+		p[i] = (unsigned char)v;
+}
+
+static inline uint64_t _oc_get_le64(const unsigned char *p)
+{
+	uint64_t v = 0;
+	for (int i = 7; i >= 0; i--)
+		v = v << 8 | p[i];
+	return v;
+}
+
+static inline void _oc_put_le32(unsigned char *p, uint32_t v)
+{
+	for (int i = 0; i < 4; i++, v >>= 8)
+		p[i] = (unsigned char)v;
+}
+
+static inline uint32_t _oc_get_le32(const unsigned char *p)
+{
+	return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 |
+	       (uint32_t)p[3] << 24;
+}
+
+/* The array record every engine stores: id, version, ndim, order,
+ * blksize, shape, dtype, attrs.  encode: *out is malloc'd for the caller;
+ * returns 0 or -ENOMEM.  decode: id, version and m may each be NULL; the
+ * strings of m are malloc'd (oc_array_meta_clear); returns 0, OC_ECORRUPT
+ * or -ENOMEM. */
+int _oc_se_meta_encode(uint64_t id, uint64_t version, const oc_array_meta_t *m,
+		       unsigned char **out, size_t *len);
+int _oc_se_meta_decode(const void *rec, size_t size, uint64_t *id,
+		       uint64_t *version, oc_array_meta_t *m);
+
+/* A block (or, with blk OC_SE_META, the metadata) of an array that other
+ * processes changed since a snapshot; engines keep them sorted with
+ * _oc_se_change_cmp and look them up with _oc_se_changed. */
+struct oc_se_blkref {
+	uint64_t id, blk;
+};
+int _oc_se_change_cmp(const void *a, const void *b);
+bool _oc_se_changed(const struct oc_se_blkref *set, size_t n, uint64_t id,
+		    uint64_t blk);
 
 #endif

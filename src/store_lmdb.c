@@ -78,10 +78,6 @@
 #define MAPSIZE ((size_t)64 << 30)
 #define MAPSIZE_MIN ((size_t)256 << 20)
 
-struct change {
-	uint64_t id, blk;
-};
-
 struct run {
 	uint64_t start, n; /* pages */
 };
@@ -104,7 +100,7 @@ struct lmdb_eng {
 	MDB_txn *w;
 	uint64_t w_id, min_reader, data_end, next_id, alloc_pos;
 	bool alloc_done, wrote;
-	struct change *changed; /* sorted: changed by others since snap */
+	struct oc_se_blkref *changed; /* sorted: changed by others since snap */
 	size_t nchanged;
 	uint64_t last_commit;   /* our last committed txnid */
 	uint64_t data_size;     /* data end of the last state we know */
@@ -123,34 +119,6 @@ struct lmdb_eng {
 
 /* ---- encoding ------------------------------------------------------------ */
 
-static void put_be64(unsigned char *p, uint64_t v)
-{
-	for (int i = 7; i >= 0; i--, v >>= 8)
-		p[i] = (unsigned char)v;
-}
-
-static uint64_t get_be64(const unsigned char *p)
-{
-	uint64_t v = 0;
-	for (int i = 0; i < 8; i++)
-		v = v << 8 | p[i];
-	return v;
-}
-
-static void put_le64(unsigned char *p, uint64_t v)
-{
-	for (int i = 0; i < 8; i++, v >>= 8)
-		p[i] = (unsigned char)v;
-}
-
-static uint64_t get_le64(const unsigned char *p)
-{
-	uint64_t v = 0;
-	for (int i = 7; i >= 0; i--)
-		v = v << 8 | p[i];
-	return v;
-}
-
 static int mdb_err(int rc)
 {
 	if (rc == 0)
@@ -162,87 +130,6 @@ static int mdb_err(int rc)
 	if (rc == MDB_INVALID || rc == MDB_VERSION_MISMATCH || rc == MDB_CORRUPTED)
 		return OC_ENOTSTORE;
 	return OC_ESTOREIO;
-}
-
-static void put_le32(unsigned char *p, uint32_t v)
-{
-	for (int i = 0; i < 4; i++, v >>= 8)
-		p[i] = (unsigned char)v;
-}
-
-/* An array record: id, version, ndim, order, blksize, shape, dtype, attrs. */
-static int meta_encode(uint64_t id, uint64_t version, const oc_array_meta_t *m,
-		       unsigned char **out, size_t *len)
-{
-	const char *attrs = m->attrs ? m->attrs : "{}";
-	size_t dl = strlen(m->dtype), al = strlen(attrs);
-	size_t n = 8 + 8 + 4 + 8 + 8 * (size_t)m->ndim + 4 + dl + 4 + al;
-	unsigned char *b = malloc(n), *p = b;
-
-	if (!b)
-		return -ENOMEM;
-	put_le64(p, id), p += 8;
-	put_le64(p, version), p += 8;
-	p[0] = (unsigned char)m->ndim, p[1] = (unsigned char)m->order;
-	p[2] = p[3] = 0, p += 4;
-	put_le64(p, m->blksize), p += 8;
-	for (unsigned i = 0; i < m->ndim; i++, p += 8)
-		put_le64(p, m->shape[i]);
-	put_le32(p, (uint32_t)dl), p += 4;
-	memcpy(p, m->dtype, dl), p += dl;
-	put_le32(p, (uint32_t)al), p += 4;
-	memcpy(p, attrs, al);
-	*out = b;
-	*len = n;
-	return 0;
-}
-
-static uint32_t get_le32(const unsigned char *p)
-{
-	return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 |
-	       (uint32_t)p[3] << 24;
-}
-
-static int meta_decode(const MDB_val *v, uint64_t *id, uint64_t *version,
-		       oc_array_meta_t *m)
-{
-	const unsigned char *p = v->mv_data, *end = p + v->mv_size;
-	uint32_t dl, al;
-
-	if (v->mv_size < 28)
-		return OC_ECORRUPT;
-	if (id)
-		*id = get_le64(p);
-	if (version)
-		*version = get_le64(p + 8);
-	if (!m)
-		return 0;
-	memset(m, 0, sizeof *m);
-	m->ndim = p[16];
-	m->order = (char)p[17];
-	m->blksize = get_le64(p + 20);
-	p += 28;
-	if (m->ndim > OC_STORE_MAXDIM || (size_t)(end - p) < 8u * m->ndim + 4)
-		return OC_ECORRUPT;
-	for (unsigned i = 0; i < m->ndim; i++, p += 8)
-		m->shape[i] = get_le64(p);
-	dl = get_le32(p), p += 4;
-	if ((size_t)(end - p) < (size_t)dl + 4)
-		return OC_ECORRUPT;
-	m->dtype = strndup((const char *)p, dl);
-	p += dl;
-	al = get_le32(p), p += 4;
-	if ((size_t)(end - p) < al) {
-		free(m->dtype);
-		m->dtype = NULL;
-		return OC_ECORRUPT;
-	}
-	m->attrs = strndup((const char *)p, al);
-	if (!m->dtype || !m->attrs) {
-		oc_array_meta_clear(m);
-		return -ENOMEM;
-	}
-	return 0;
 }
 
 /* The meta record. */
@@ -260,9 +147,9 @@ static int metarec_get(struct lmdb_eng *e, MDB_txn *txn, uint32_t *version,
 	p = v.mv_data;
 	if (v.mv_size < 36 || memcmp(p, MAGIC, 16))
 		return OC_ENOTSTORE;
-	*version = get_le32(p + 16);
-	*next_id = get_le64(p + 20);
-	*data_end = get_le64(p + 28);
+	*version = _oc_get_le32(p + 16);
+	*next_id = _oc_get_le64(p + 20);
+	*data_end = _oc_get_le64(p + 28);
 	return 0;
 }
 
@@ -273,9 +160,9 @@ static int metarec_put(struct lmdb_eng *e, MDB_txn *txn, uint64_t next_id,
 	MDB_val k = {6, "format"}, v = {sizeof b, b};
 
 	memcpy(b, MAGIC, 16);
-	put_le32(b + 16, FORMAT_VERSION);
-	put_le64(b + 20, next_id);
-	put_le64(b + 28, data_end);
+	_oc_put_le32(b + 16, FORMAT_VERSION);
+	_oc_put_le64(b + 20, next_id);
+	_oc_put_le64(b + 28, data_end);
 	return mdb_err(mdb_put(txn, e->db_meta, &k, &v, 0));
 }
 
@@ -491,7 +378,7 @@ static int eng_array_get(void *p, const char *name, uint64_t *id,
 	else if (rc)
 		err = mdb_err(rc);
 	else
-		err = meta_decode(&v, id, NULL, meta);
+		err = _oc_se_meta_decode(v.mv_data, v.mv_size, id, NULL, meta);
 	pthread_mutex_unlock(&e->mu);
 	return err;
 }
@@ -503,7 +390,7 @@ static int eng_array_name(void *p, uint64_t id, char **name)
 	MDB_val k = {8, kb}, v;
 	int rc, err = 0;
 
-	put_be64(kb, id);
+	_oc_put_be64(kb, id);
 	pthread_mutex_lock(&e->mu);
 	rc = mdb_get(e->snap, e->db_ids, &k, &v);
 	if (rc == MDB_NOTFOUND)
@@ -568,8 +455,8 @@ struct blkrec {
 
 static void blk_key(unsigned char *kb, uint64_t id, uint64_t blk)
 {
-	put_be64(kb, id);
-	put_be64(kb + 8, blk);
+	_oc_put_be64(kb, id);
+	_oc_put_be64(kb + 8, blk);
 }
 
 static int blk_get(struct lmdb_eng *e, MDB_txn *txn, uint64_t id, uint64_t blk,
@@ -587,10 +474,10 @@ static int blk_get(struct lmdb_eng *e, MDB_txn *txn, uint64_t id, uint64_t blk,
 		return mdb_err(rc);
 	if (v.mv_size < 24)
 		return OC_ECORRUPT;
-	r->off = get_le64(v.mv_data);
-	r->hash = get_le64((unsigned char *)v.mv_data + 8);
-	r->version = get_le64((unsigned char *)v.mv_data + 16);
-	r->ndelta = v.mv_size >= 32 ? get_le64((unsigned char *)v.mv_data + 24) : 0;
+	r->off = _oc_get_le64(v.mv_data);
+	r->hash = _oc_get_le64((unsigned char *)v.mv_data + 8);
+	r->version = _oc_get_le64((unsigned char *)v.mv_data + 16);
+	r->ndelta = v.mv_size >= 32 ? _oc_get_le64((unsigned char *)v.mv_data + 24) : 0;
 	return 0;
 }
 
@@ -601,19 +488,19 @@ static int blk_put(struct lmdb_eng *e, uint64_t id, uint64_t blk,
 	MDB_val k = {16, kb}, v = {32, vb};
 
 	blk_key(kb, id, blk);
-	put_le64(vb, r->off);
-	put_le64(vb + 8, r->hash);
-	put_le64(vb + 16, r->version);
-	put_le64(vb + 24, r->ndelta);
+	_oc_put_le64(vb, r->off);
+	_oc_put_le64(vb + 8, r->hash);
+	_oc_put_le64(vb + 16, r->version);
+	_oc_put_le64(vb + 24, r->ndelta);
 	return mdb_err(mdb_put(e->w, e->db_blocks, &k, &v, 0));
 }
 
 static void delta_key(unsigned char *kb, uint64_t id, uint64_t blk,
 		      uint64_t page)
 {
-	put_be64(kb, id);
-	put_be64(kb + 8, blk);
-	put_be64(kb + 16, page);
+	_oc_put_be64(kb, id);
+	_oc_put_be64(kb + 8, blk);
+	_oc_put_be64(kb + 16, page);
 }
 
 /* Lay the delta runs of block (id, blk) in txn over buf and count their
@@ -648,9 +535,9 @@ static int deltas_apply(struct lmdb_eng *e, MDB_txn *txn, uint64_t id,
 			err = OC_ECORRUPT;
 			break;
 		}
-		if (get_be64(kp) != id || get_be64(kp + 8) != blk)
+		if (_oc_get_be64(kp) != id || _oc_get_be64(kp + 8) != blk)
 			break;
-		start = get_be64(kp + 16);
+		start = _oc_get_be64(kp + 16);
 		if (v.mv_size % PG || !len || start >= np || len > np - start) {
 			err = OC_ECORRUPT;
 			break;
@@ -697,8 +584,8 @@ static int deltas_drop(struct lmdb_eng *e, uint64_t id, uint64_t blk, bool all)
 	     rc = mdb_cursor_get(c, &k, &v, MDB_NEXT)) {
 		/* After a delete MDB_NEXT returns the item that moved under
 		 * the cursor. */
-		if (k.mv_size != 24 || get_be64(k.mv_data) != id ||
-		    (!all && get_be64((unsigned char *)k.mv_data + 8) != blk))
+		if (k.mv_size != 24 || _oc_get_be64(k.mv_data) != id ||
+		    (!all && _oc_get_be64((unsigned char *)k.mv_data + 8) != blk))
 			break;
 		err = mdb_err(mdb_cursor_del(c, 0));
 	}
@@ -833,19 +720,9 @@ static int eng_blk_map(void *p, uint64_t id, uint64_t blk, size_t blksize,
 
 /* ---- write transaction ----------------------------------------------------- */
 
-static int change_cmp(const void *a, const void *b)
-{
-	const struct change *x = a, *y = b;
-	if (x->id != y->id)
-		return x->id < y->id ? -1 : 1;
-	return x->blk < y->blk ? -1 : x->blk > y->blk;
-}
-
 static bool changed_by_others(struct lmdb_eng *e, uint64_t id, uint64_t blk)
 {
-	struct change key = {id, blk};
-	return e->nchanged &&
-	       bsearch(&key, e->changed, e->nchanged, sizeof key, change_cmp);
+	return _oc_se_changed(e->changed, e->nchanged, id, blk);
 }
 
 /* The oldest snapshot in the reader table (UINT64_MAX: none). */
@@ -873,7 +750,7 @@ static int log_put(struct lmdb_eng *e, uint64_t id, uint64_t blk)
 	unsigned char kb[24];
 	MDB_val k = {24, kb}, v = {0, ""};
 
-	put_be64(kb, e->w_id);
+	_oc_put_be64(kb, e->w_id);
 	blk_key(kb + 8, id, blk);
 	return mdb_err(mdb_put(e->w, e->db_log, &k, &v, 0));
 }
@@ -883,9 +760,9 @@ static int free_put(struct lmdb_eng *e, uint64_t off, uint64_t len)
 	unsigned char kb[8], vb[16];
 	MDB_val k = {8, kb}, v = {16, vb};
 
-	put_be64(kb, off);
-	put_le64(vb, e->w_id);
-	put_le64(vb + 8, len);
+	_oc_put_be64(kb, off);
+	_oc_put_le64(vb, e->w_id);
+	_oc_put_le64(vb + 8, len);
 	return mdb_err(mdb_put(e->w, e->db_free, &k, &v, 0));
 }
 
@@ -947,7 +824,7 @@ static int eng_txn_begin(void *p)
 			err = OC_ECORRUPT;
 			goto fail;
 		}
-		t = get_be64(k.mv_data);
+		t = _oc_get_be64(k.mv_data);
 		if (t > e->min_reader)
 			break;
 		rc = mdb_cursor_del(c, 0);
@@ -958,14 +835,14 @@ static int eng_txn_begin(void *p)
 		err = mdb_err(rc);
 		goto fail;
 	}
-	put_be64(kb, e->snap_id + 1);
+	_oc_put_be64(kb, e->snap_id + 1);
 	memset(kb + 8, 0, 16);
 	k.mv_size = 24;
 	k.mv_data = kb;
 	for (rc = mdb_cursor_get(c, &k, &v, MDB_SET_RANGE); !rc;
 	     rc = mdb_cursor_get(c, &k, &v, MDB_NEXT)) {
 		if (e->nchanged == cap) {
-			struct change *n = realloc(e->changed,
+			struct oc_se_blkref *n = realloc(e->changed,
 						   (cap = cap * 2 + 64) * sizeof *n);
 			if (!n) {
 				err = -ENOMEM;
@@ -973,8 +850,8 @@ static int eng_txn_begin(void *p)
 			}
 			e->changed = n;
 		}
-		e->changed[e->nchanged].id = get_be64((unsigned char *)k.mv_data + 8);
-		e->changed[e->nchanged].blk = get_be64((unsigned char *)k.mv_data + 16);
+		e->changed[e->nchanged].id = _oc_get_be64((unsigned char *)k.mv_data + 8);
+		e->changed[e->nchanged].blk = _oc_get_be64((unsigned char *)k.mv_data + 16);
 		e->nchanged++;
 	}
 	if (rc != MDB_NOTFOUND) {
@@ -984,7 +861,7 @@ static int eng_txn_begin(void *p)
 	mdb_cursor_close(c);
 	c = NULL;
 	if (e->nchanged)
-		qsort(e->changed, e->nchanged, sizeof *e->changed, change_cmp);
+		qsort(e->changed, e->nchanged, sizeof *e->changed, _oc_se_change_cmp);
 	return 0;
 fail:
 	if (c)
@@ -999,7 +876,7 @@ static int ids_get(struct lmdb_eng *e, uint64_t id, MDB_val *name)
 	MDB_val k = {8, kb};
 	int rc;
 
-	put_be64(kb, id);
+	_oc_put_be64(kb, id);
 	rc = mdb_get(e->w, e->db_ids, &k, name);
 	if (rc == MDB_NOTFOUND)
 		return OC_ENOTFOUND;
@@ -1023,10 +900,10 @@ static int drop_blocks(struct lmdb_eng *e, uint64_t id, uint64_t blksize)
 		/* After a delete MDB_NEXT returns the item that moved under
 		 * the cursor. */
 		uint64_t blk;
-		if (k.mv_size != 16 || get_be64(k.mv_data) != id)
+		if (k.mv_size != 16 || _oc_get_be64(k.mv_data) != id)
 			break;
-		blk = get_be64((unsigned char *)k.mv_data + 8);
-		err = free_put(e, get_le64(v.mv_data), blksize);
+		blk = _oc_get_be64((unsigned char *)k.mv_data + 8);
+		err = free_put(e, _oc_get_le64(v.mv_data), blksize);
 		if (!err)
 			err = log_put(e, id, blk);
 		if (!err)
@@ -1061,7 +938,7 @@ static int eng_txn_array(void *p, enum oc_se_change what, uint64_t id,
 		if (rc != MDB_NOTFOUND)
 			return mdb_err(rc);
 		id = e->next_id++;
-		err = meta_encode(id, e->w_id, meta, &rec, &len);
+		err = _oc_se_meta_encode(id, e->w_id, meta, &rec, &len);
 		if (err)
 			return err;
 		v.mv_size = len;
@@ -1070,7 +947,7 @@ static int eng_txn_array(void *p, enum oc_se_change what, uint64_t id,
 		free(rec);
 		if (err)
 			return err;
-		put_be64(kb, id);
+		_oc_put_be64(kb, id);
 		nm = k;
 		k.mv_size = 8;
 		k.mv_data = kb;
@@ -1087,11 +964,11 @@ static int eng_txn_array(void *p, enum oc_se_change what, uint64_t id,
 		if (changed_by_others(e, id, OC_SE_META))
 			return OC_ECONFLICT;
 		if (what == OC_SE_DELETE && e->nchanged) {
-			struct change lo = {id, 0};
+			struct oc_se_blkref lo = {id, 0};
 			size_t a = 0, b = e->nchanged;
 			while (a < b) { /* first change >= (id, 0) */
 				size_t m = (a + b) / 2;
-				if (change_cmp(&e->changed[m], &lo) < 0)
+				if (_oc_se_change_cmp(&e->changed[m], &lo) < 0)
 					a = m + 1;
 				else
 					b = m;
@@ -1116,9 +993,9 @@ static int eng_txn_array(void *p, enum oc_se_change what, uint64_t id,
 				return mdb_err(rc);
 			if (v.mv_size < 28)
 				return OC_ECORRUPT;
-			bs = get_le64((unsigned char *)v.mv_data + 20);
+			bs = _oc_get_le64((unsigned char *)v.mv_data + 20);
 			err = mdb_err(mdb_del(e->w, e->db_arrays, &nm, NULL));
-			put_be64(kb, id);
+			_oc_put_be64(kb, id);
 			k.mv_size = 8;
 			k.mv_data = kb;
 			if (!err)
@@ -1126,7 +1003,7 @@ static int eng_txn_array(void *p, enum oc_se_change what, uint64_t id,
 			if (!err)
 				err = drop_blocks(e, id, bs);
 		} else {
-			err = meta_encode(id, e->w_id, meta, &rec, &len);
+			err = _oc_se_meta_encode(id, e->w_id, meta, &rec, &len);
 			if (err)
 				return err;
 			v.mv_size = len;
@@ -1154,12 +1031,12 @@ static int alloc_extent(struct lmdb_eng *e, uint64_t len, uint64_t *off)
 		rc = mdb_cursor_open(e->w, e->db_free, &c);
 		if (rc)
 			return mdb_err(rc);
-		put_be64(kb, e->alloc_pos);
+		_oc_put_be64(kb, e->alloc_pos);
 		for (rc = mdb_cursor_get(c, &k, &v, MDB_SET_RANGE); !rc;
 		     rc = mdb_cursor_get(c, &k, &v, MDB_NEXT)) {
-			uint64_t o = get_be64(k.mv_data);
-			uint64_t freed = get_le64(v.mv_data);
-			uint64_t l = get_le64((unsigned char *)v.mv_data + 8);
+			uint64_t o = _oc_get_be64(k.mv_data);
+			uint64_t freed = _oc_get_le64(v.mv_data);
+			uint64_t l = _oc_get_le64((unsigned char *)v.mv_data + 8);
 			if (l == len && freed <= e->min_reader && o % len == 0) {
 				err = mdb_err(mdb_cursor_del(c, 0));
 				mdb_cursor_close(c);
@@ -1178,15 +1055,6 @@ static int alloc_extent(struct lmdb_eng *e, uint64_t len, uint64_t *off)
 	*off = (e->data_end + len - 1) / len * len;
 	e->data_end = *off + len;
 	return 0;
-}
-
-static bool all_zero(const void *buf, size_t n)
-{
-	const uint64_t *w = buf;
-	for (size_t i = 0; i < n / 8; i++)
-		if (w[i])
-			return false;
-	return true;
 }
 
 /* Store block (id, blk), which has the stored version *old, as page deltas
@@ -1305,7 +1173,7 @@ static int eng_txn_block(void *p, uint64_t id, uint64_t blk, size_t blksize,
 		return had;
 	had = !had;
 	blk_key(kb, id, blk);
-	if (all_zero(buf, blksize)) {
+	if (_oc_all_zero(buf, blksize)) {
 		CNT(e, n_zeroed);
 		if (!had)
 			return 0;
@@ -1396,16 +1264,16 @@ static int eng_snapshot_renew(void *p,
 		mdb_txn_abort(n);
 		return mdb_err(rc);
 	}
-	put_be64(kb, e->snap_id + 1);
+	_oc_put_be64(kb, e->snap_id + 1);
 	memset(kb + 8, 0, 16);
 	for (rc = mdb_cursor_get(c, &k, &v, MDB_SET_RANGE); !rc;
 	     rc = mdb_cursor_get(c, &k, &v, MDB_NEXT)) {
-		uint64_t t = get_be64(k.mv_data);
+		uint64_t t = _oc_get_be64(k.mv_data);
 		if (t > new_id)
 			break;
 		if (t != e->last_commit)
-			changed(arg, get_be64((unsigned char *)k.mv_data + 8),
-				get_be64((unsigned char *)k.mv_data + 16));
+			changed(arg, _oc_get_be64((unsigned char *)k.mv_data + 8),
+				_oc_get_be64((unsigned char *)k.mv_data + 16));
 	}
 	mdb_cursor_close(c);
 	if (rc && rc != MDB_NOTFOUND) {

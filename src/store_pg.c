@@ -65,10 +65,6 @@
 #define FORMAT_VERSION 1
 #define MAGIC "outcore-store"
 
-struct change {
-	uint64_t id, blk;
-};
-
 struct pg_eng {
 	PGconn *rc;             /* read connection: the snapshot */
 	PGconn *wc;             /* write connection */
@@ -79,7 +75,7 @@ struct pg_eng {
 
 	bool in_w, copying, any_blocks;
 	uint64_t w_id, next_id;
-	struct change *changed; /* sorted: changed by others since snap */
+	struct oc_se_blkref *changed; /* sorted: changed by others since snap */
 	size_t nchanged;
 	uint64_t last_commit;
 
@@ -90,114 +86,6 @@ struct pg_eng {
 #define CNT(e, f) __atomic_add_fetch(&(e)->f, 1, __ATOMIC_RELAXED)
 
 /* ---- encoding ------------------------------------------------------------ */
-
-static void put_be64(unsigned char *p, uint64_t v)
-{
-	for (int i = 7; i >= 0; i--, v >>= 8)
-		p[i] = (unsigned char)v;
-}
-
-static uint64_t get_be64(const unsigned char *p)
-{
-	uint64_t v = 0;
-	for (int i = 0; i < 8; i++)
-		v = v << 8 | p[i];
-	return v;
-}
-
-static void put_be32(unsigned char *p, uint32_t v)
-{
-	for (int i = 3; i >= 0; i--, v >>= 8)
-		p[i] = (unsigned char)v;
-}
-
-static void put_le64(unsigned char *p, uint64_t v)
-{
-	for (int i = 0; i < 8; i++, v >>= 8)
-		p[i] = (unsigned char)v;
-}
-
-static uint64_t get_le64(const unsigned char *p)
-{
-	uint64_t v = 0;
-	for (int i = 7; i >= 0; i--)
-		v = v << 8 | p[i];
-	return v;
-}
-
-static void put_le32(unsigned char *p, uint32_t v)
-{
-	for (int i = 0; i < 4; i++, v >>= 8)
-		p[i] = (unsigned char)v;
-}
-
-static uint32_t get_le32(const unsigned char *p)
-{
-	return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 |
-	       (uint32_t)p[3] << 24;
-}
-
-/* The array record of store_lmdb.c. */
-static int meta_encode(uint64_t id, uint64_t version, const oc_array_meta_t *m,
-		       unsigned char **out, size_t *len)
-{
-	const char *attrs = m->attrs ? m->attrs : "{}";
-	size_t dl = strlen(m->dtype), al = strlen(attrs);
-	size_t n = 8 + 8 + 4 + 8 + 8 * (size_t)m->ndim + 4 + dl + 4 + al;
-	unsigned char *b = malloc(n), *p = b;
-
-	if (!b)
-		return -ENOMEM;
-	put_le64(p, id), p += 8;
-	put_le64(p, version), p += 8;
-	p[0] = (unsigned char)m->ndim, p[1] = (unsigned char)m->order;
-	p[2] = p[3] = 0, p += 4;
-	put_le64(p, m->blksize), p += 8;
-	for (unsigned i = 0; i < m->ndim; i++, p += 8)
-		put_le64(p, m->shape[i]);
-	put_le32(p, (uint32_t)dl), p += 4;
-	memcpy(p, m->dtype, dl), p += dl;
-	put_le32(p, (uint32_t)al), p += 4;
-	memcpy(p, attrs, al);
-	*out = b;
-	*len = n;
-	return 0;
-}
-
-static int meta_decode(const unsigned char *p, size_t size, oc_array_meta_t *m)
-{
-	const unsigned char *end = p + size;
-	uint32_t dl, al;
-
-	if (size < 28)
-		return OC_ECORRUPT;
-	memset(m, 0, sizeof *m);
-	m->ndim = p[16];
-	m->order = (char)p[17];
-	m->blksize = get_le64(p + 20);
-	p += 28;
-	if (m->ndim > OC_STORE_MAXDIM || (size_t)(end - p) < 8u * m->ndim + 4)
-		return OC_ECORRUPT;
-	for (unsigned i = 0; i < m->ndim; i++, p += 8)
-		m->shape[i] = get_le64(p);
-	dl = get_le32(p), p += 4;
-	if ((size_t)(end - p) < (size_t)dl + 4)
-		return OC_ECORRUPT;
-	m->dtype = strndup((const char *)p, dl);
-	p += dl;
-	al = get_le32(p), p += 4;
-	if ((size_t)(end - p) < al) {
-		free(m->dtype);
-		m->dtype = NULL;
-		return OC_ECORRUPT;
-	}
-	m->attrs = strndup((const char *)p, al);
-	if (!m->dtype || !m->attrs) {
-		oc_array_meta_clear(m);
-		return -ENOMEM;
-	}
-	return 0;
-}
 
 /* ---- libpq helpers ------------------------------------------------------- */
 
@@ -273,7 +161,7 @@ static uint64_t val64(PGresult *r, int row, int col)
 {
 	if (PQgetisnull(r, row, col) || PQgetlength(r, row, col) != 8)
 		return 0;
-	return get_be64((const unsigned char *)PQgetvalue(r, row, col));
+	return _oc_get_be64((const unsigned char *)PQgetvalue(r, row, col));
 }
 
 static int pg_connect(PGconn **out, const char *conninfo)
@@ -478,8 +366,9 @@ static int eng_array_get(void *p, const char *name, uint64_t *id,
 	else {
 		*id = val64(r, 0, 0);
 		if (meta)
-			err = meta_decode((const unsigned char *)PQgetvalue(r, 0, 1),
-					  (size_t)PQgetlength(r, 0, 1), meta);
+			err = _oc_se_meta_decode(PQgetvalue(r, 0, 1),
+						 (size_t)PQgetlength(r, 0, 1),
+						 NULL, NULL, meta);
 	}
 	PQclear(r);
 	return err;
@@ -493,7 +382,7 @@ static int eng_array_name(void *p, uint64_t id, char **name)
 	int lens[1] = {8}, err = 0;
 	PGresult *r;
 
-	put_be64(b, id);
+	_oc_put_be64(b, id);
 	pthread_mutex_lock(&e->mu);
 	r = q(e->rc, "SELECT name FROM outcore_arrays WHERE id = $1::int8", 1,
 	      vals, lens, &err);
@@ -551,8 +440,8 @@ static int eng_blk_load(void *p, uint64_t id, uint64_t blk, size_t blksize,
 	int lens[2] = {8, 8}, fmts[2] = {1, 1}, err = 0;
 	PGresult *r;
 
-	put_be64(b, id);
-	put_be64(b + 8, blk);
+	_oc_put_be64(b, id);
+	_oc_put_be64(b + 8, blk);
 	pthread_mutex_lock(&e->mu);
 	r = PQexecPrepared(e->rc, "oc_blk", 2, vals, lens, fmts, 1);
 	pthread_mutex_unlock(&e->mu);
@@ -588,23 +477,9 @@ static int eng_blk_load(void *p, uint64_t id, uint64_t blk, size_t blksize,
 
 /* ---- write transaction ----------------------------------------------------- */
 
-static int change_cmp(const void *a, const void *b)
-{
-	const struct change *x = a, *y = b;
-
-	if (x->id != y->id)
-		return x->id < y->id ? -1 : 1;
-	if (x->blk != y->blk)
-		return x->blk < y->blk ? -1 : 1;
-	return 0;
-}
-
 static bool changed_by_others(struct pg_eng *e, uint64_t id, uint64_t blk)
 {
-	struct change k = {id, blk};
-
-	return e->nchanged &&
-	       bsearch(&k, e->changed, e->nchanged, sizeof k, change_cmp);
+	return _oc_se_changed(e->changed, e->nchanged, id, blk);
 }
 
 static bool array_changed_by_others(struct pg_eng *e, uint64_t id)
@@ -667,7 +542,7 @@ static int eng_txn_begin(void *p)
 	e->next_id = val64(r, 0, 1);
 	PQclear(r);
 
-	put_be64(b, e->snap_id);
+	_oc_put_be64(b, e->snap_id);
 	r = q(e->wc, "SELECT array_id, blk FROM outcore_log WHERE seq > $1::int8",
 	      1, vals, lens, &err);
 	if (!r)
@@ -684,7 +559,7 @@ static int eng_txn_begin(void *p)
 			e->changed[i].blk = val64(r, i, 1);
 		}
 		e->nchanged = (size_t)PQntuples(r);
-		qsort(e->changed, e->nchanged, sizeof *e->changed, change_cmp);
+		qsort(e->changed, e->nchanged, sizeof *e->changed, _oc_se_change_cmp);
 	}
 	PQclear(r);
 	err = exec0(e->wc, "CREATE TEMP TABLE IF NOT EXISTS outcore_tmp ("
@@ -704,9 +579,9 @@ static int log_put(struct pg_eng *e, uint64_t id, uint64_t blk)
 	const char *vals[3] = {(char *)b, (char *)b + 8, (char *)b + 16};
 	int lens[3] = {8, 8, 8};
 
-	put_be64(b, e->w_id);
-	put_be64(b + 8, id);
-	put_be64(b + 16, blk);
+	_oc_put_be64(b, e->w_id);
+	_oc_put_be64(b + 8, id);
+	_oc_put_be64(b + 16, blk);
 	return cmd(e->wc, "INSERT INTO outcore_log VALUES ($1::int8, $2::int8,"
 			  " $3::int8)", 3, vals, lens);
 }
@@ -719,7 +594,7 @@ static int w_exists(struct pg_eng *e, uint64_t id)
 	int lens[1] = {8}, err = 0;
 	PGresult *r;
 
-	put_be64(b, id);
+	_oc_put_be64(b, id);
 	r = q(e->wc, "SELECT 1 FROM outcore_arrays WHERE id = $1::int8", 1, vals,
 	      lens, &err);
 	if (!r)
@@ -755,11 +630,11 @@ static int eng_txn_array(void *p, enum oc_se_change what, uint64_t id,
 		}
 		PQclear(r);
 		id = e->next_id++;
-		err = meta_encode(id, e->w_id, meta, &rec, &len);
+		err = _oc_se_meta_encode(id, e->w_id, meta, &rec, &len);
 		if (err)
 			return err;
-		put_be64(b, id);
-		put_be64(b + 8, e->w_id);
+		_oc_put_be64(b, id);
+		_oc_put_be64(b + 8, e->w_id);
 		vals[1] = (char *)b;
 		lens[1] = 8;
 		vals[2] = (char *)b + 8;
@@ -783,8 +658,8 @@ static int eng_txn_array(void *p, enum oc_se_change what, uint64_t id,
 		err = w_exists(e, id);
 		if (err)
 			return err == OC_ENOTFOUND ? OC_ECONFLICT : err;
-		put_be64(b, id);
-		put_be64(b + 8, e->w_id);
+		_oc_put_be64(b, id);
+		_oc_put_be64(b + 8, e->w_id);
 		vals[0] = (char *)b;
 		lens[0] = 8;
 		vals[1] = (char *)b + 8;
@@ -803,7 +678,7 @@ static int eng_txn_array(void *p, enum oc_se_change what, uint64_t id,
 						 " WHERE array_id = $1::int8",
 					  1, vals, lens);
 		} else {
-			err = meta_encode(id, e->w_id, meta, &rec, &len);
+			err = _oc_se_meta_encode(id, e->w_id, meta, &rec, &len);
 			if (err)
 				return err;
 			vals[2] = (char *)rec;
@@ -818,15 +693,6 @@ static int eng_txn_array(void *p, enum oc_se_change what, uint64_t id,
 		return err;
 	}
 	return -EINVAL;
-}
-
-static bool all_zero(const void *buf, size_t n)
-{
-	const uint64_t *w = buf;
-	for (size_t i = 0; i < n / 8; i++)
-		if (w[i])
-			return false;
-	return true;
 }
 
 static int put_copy(struct pg_eng *e, const void *buf, size_t n)
@@ -871,12 +737,12 @@ static int eng_txn_block(void *p, uint64_t id, uint64_t blk, size_t blksize,
 		if (err)
 			return err;
 	}
-	zero = all_zero(buf, blksize);
+	zero = _oc_all_zero(buf, blksize);
 	w[0] = 0, w[1] = 4, w += 2; /* 4 fields */
-	put_be32(w, 8), put_be64(w + 4, id), w += 12;
-	put_be32(w, 8), put_be64(w + 4, blk), w += 12;
-	put_be32(w, 8), put_be64(w + 4, zero ? 0 : XXH64(buf, blksize, 0)), w += 12;
-	put_be32(w, zero ? UINT32_MAX : (uint32_t)blksize), w += 4; /* -1: NULL */
+	_oc_put_be32(w, 8), _oc_put_be64(w + 4, id), w += 12;
+	_oc_put_be32(w, 8), _oc_put_be64(w + 4, blk), w += 12;
+	_oc_put_be32(w, 8), _oc_put_be64(w + 4, zero ? 0 : XXH64(buf, blksize, 0)), w += 12;
+	_oc_put_be32(w, zero ? UINT32_MAX : (uint32_t)blksize), w += 4; /* -1: NULL */
 	err = put_copy(e, t, (size_t)(w - t));
 	if (!err && !zero)
 		err = put_copy(e, buf, blksize);
@@ -919,8 +785,8 @@ static int eng_txn_commit(void *p)
 	PGresult *r;
 
 	OC_BUG_ON(!e->in_w);
-	put_be64(b, e->w_id);
-	put_be64(b + 8, e->next_id);
+	_oc_put_be64(b, e->w_id);
+	_oc_put_be64(b + 8, e->next_id);
 	if (e->copying)
 		err = copy_end(e);
 	if (!err && e->any_blocks)
@@ -984,8 +850,8 @@ static int eng_snapshot_renew(void *p,
 	if (!err)
 		err = snap_begin(e, &new_id);
 	if (!err) {
-		put_be64(b, old);
-		put_be64(b + 8, new_id);
+		_oc_put_be64(b, old);
+		_oc_put_be64(b + 8, new_id);
 		r = q(e->rc, "SELECT seq, array_id, blk FROM outcore_log"
 			     " WHERE seq > $1::int8 AND seq <= $2::int8",
 		      2, vals, lens, &err);
