@@ -93,7 +93,7 @@ int _oc_os_unmap_to_reserve(void *addr, size_t len);
  * populating the page tables when populate is set. */
 int _oc_os_map_fixed(void *addr, size_t len, int prot, int fd, uint64_t off,
 		     bool populate);
-/* Map [off, off+len) of regular file fd read-only and populated, anywhere
+/* Map [off, off+len) of regular file fd read-only, anywhere
  * (*out; give it back with _oc_os_release).  -EIO if the file ends before
  * off+len (a mapping past the end would raise SIGBUS when read). */
 int _oc_os_map_file_ro(int fd, uint64_t off, size_t len, const void **out);
@@ -148,8 +148,17 @@ struct oc_ram {
 
 	struct oc_list lru_clean; /* clean RAM pages and base blocks, LRU first */
 	struct oc_list lru_dirty; /* dirty pages that are mapped somewhere */
+	struct oc_list lru_patched; /* patched pages that are mapped somewhere */
 
-	uint64_t ram_pages, base_blocks, dirty_pages;
+	/* Partial copy-on-write: a write to a base-layer block copies only
+	 * the granule it hits (pagesize/32, at least the OS page) into the
+	 * block's slot; 0 when this RAM cannot (hugetlb, small pages). */
+	size_t granule;
+	unsigned granshift, ngran;
+
+	/* Use: ram_pages + base_blocks whole pages, plus sub_bytes of the
+	 * granules of patched pages (see _oc_ram_used). */
+	uint64_t ram_pages, base_blocks, dirty_pages, sub_bytes, patched_pages;
 	oc_ram_stats_t st;
 	bool warned;
 	int nfileh;
@@ -157,18 +166,31 @@ struct oc_ram {
 	struct oc_list link; /* in the global list of RAMs */
 };
 
+/* Bytes in use: whole RAM pages, base-mapped blocks, granules. */
+static inline uint64_t _oc_ram_used(const oc_ram_t *ram)
+{
+	return ((ram->ram_pages + ram->base_blocks) << ram->pageshift) +
+	       ram->sub_bytes;
+}
 /* Under the lock: get a slot for a new page, reclaiming a clean page of
  * this RAM when the budget is reached (its slot is then reused at once).
  * *warm says whether the slot's window page tables are filled (always, for
  * memory without pwrite), *zero whether it holds zeros (a punched or new
- * slot).  Returns 0, -errno or OC_ENOHUGE. */
-int _oc_ram_get_slot(oc_ram_t *ram, uint64_t *slot, bool *warm, bool *zero);
+ * slot).  The slot is counted in ram_pages.  part: the slot is for a
+ * patched page instead: room is made for one granule, which is counted in
+ * sub_bytes, and the slot always reads as zeros (*zero is set).  Returns
+ * 0, -errno or OC_ENOHUGE. */
+int _oc_ram_get_slot(oc_ram_t *ram, bool part, uint64_t *slot, bool *warm,
+		     bool *zero);
 /* Under the lock: make a slot in use read as zeros (punch it). */
 void _oc_ram_put_slot_zero(oc_ram_t *ram, uint64_t slot);
 /* Under the lock: release a slot, punching its memory out. */
 void _oc_ram_put_slot(oc_ram_t *ram, uint64_t slot);
-/* Under the lock: make room in the budget for one base-layer block. */
-void _oc_ram_make_room(oc_ram_t *ram);
+/* Under the lock: make room in the budget for len more bytes (a
+ * base-layer block, a granule). */
+void _oc_ram_make_room(oc_ram_t *ram, uint64_t len);
+/* Update the high-water mark of use. */
+void _oc_ram_note_used(oc_ram_t *ram);
 /* The window address of a slot. */
 void *_oc_ram_slot_addr(oc_ram_t *ram, uint64_t slot);
 /* Fill a slot's window page tables for writing (after which it is warm). */
@@ -187,7 +209,7 @@ enum page_state {
 	PAGE_LOADING = 1,     /* loadblk/mapblk running, lock released */
 	PAGE_LOADING_INVAL,   /* invalidated while loading: thrown away after */
 	PAGE_CLEAN,           /* in a RAM slot, equal to the stored data */
-	PAGE_DIRTY,           /* in a RAM slot, modified */
+	PAGE_DIRTY,           /* in a RAM slot, modified (or patched, below) */
 	PAGE_BASE,            /* mapped from the file's base layer, no slot */
 };
 
@@ -204,8 +226,14 @@ struct page {
 	unsigned nmaps;
 	struct oc_list lru;    /* in ram->lru_clean or ram->lru_dirty */
 	uint64_t stamp;        /* fault clock at the last fault */
-	uint64_t dirty_gen;    /* writeout generation when it became dirty */
+	uint64_t dirty_gen;    /* writeout generation when it last changed */
 	int busy;              /* being copied/stored with the lock released */
+	/* Patched (always PAGE_DIRTY): the block is its base (base_fd,
+	 * base_off) with the granules of bitmap sub replaced by those of the
+	 * slot, which holds nothing else.  It is mapped as the base,
+	 * read-only, with the slot's granules mapped read-write over it. */
+	bool patched;
+	uint32_t sub;
 };
 
 struct maprec {
@@ -213,6 +241,7 @@ struct maprec {
 	struct page *page;
 	struct maprec *next; /* next mapping of the same page */
 	int prot;
+	unsigned cost;       /* kernel mappings it may take (counted in nmaps) */
 };
 
 struct oc_fileh {

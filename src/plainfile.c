@@ -81,6 +81,33 @@ static int plain_storeblk(oc_file_t *f, uint64_t blk, const void *buf)
 	return _oc_os_pwrite_all(p->fd, buf, n, o);
 }
 
+/* Write only the granules that changed: the rest of the block is already
+ * in the file (it is what buf shows, through a mapping of the file). */
+static int plain_storeblk_part(oc_file_t *f, uint64_t blk, const void *buf,
+			       uint32_t changed, size_t granule)
+{
+	struct plainfile *p = (struct plainfile *)f;
+	uint64_t o = blk * f->blksize, size = psize(p);
+	size_t g, n = f->blksize / granule;
+	int err = 0;
+
+	if (p->flags & OC_PLAINFILE_RDONLY)
+		return -EROFS;
+	if (blk > UINT64_MAX / f->blksize || o >= size)
+		return 0;
+	for (g = 0; g < n && !err; g++) {
+		uint64_t go = o + g * granule;
+		size_t len = granule;
+		if (!((changed >> g) & 1) || go >= size)
+			continue;
+		if (size - go < len)
+			len = (size_t)(size - go);
+		err = _oc_os_pwrite_all(p->fd, (const char *)buf + g * granule,
+					len, go);
+	}
+	return err;
+}
+
 static void plain_release(oc_file_t *f)
 {
 	struct plainfile *p = (struct plainfile *)f;
@@ -94,6 +121,7 @@ static const oc_file_ops_t plain_ops = {
 	.storeblk = plain_storeblk,
 	.release = plain_release,
 	.mapblk = plain_mapblk,
+	.storeblk_part = plain_storeblk_part,
 };
 
 int oc_plainfile_open(oc_file_t **out, const char *path, size_t blksize,

@@ -45,6 +45,7 @@
 #define CHUNK_BYTES ((uint64_t)256 << 20)
 
 struct oc_list _oc_rams = {&_oc_rams, &_oc_rams};
+static bool reclaim_one(oc_ram_t *ram, int64_t *reuse);
 static oc_ram_t *defaults[64];
 
 static uint64_t meminfo_value(const char *key)
@@ -158,6 +159,17 @@ int oc_ram_new(oc_ram_t **out, const oc_ram_opts_t *opts)
 	ram->chunk_slots = CHUNK_BYTES > ps ? CHUNK_BYTES / ps : 1;
 	oc_list_init(&ram->lru_clean);
 	oc_list_init(&ram->lru_dirty);
+	oc_list_init(&ram->lru_patched);
+	if (ram->can_pwrite) {
+		size_t g = ps / 32, os = (size_t)sysconf(_SC_PAGESIZE);
+		if (g < os)
+			g = os;
+		if (g < ps) {
+			ram->granule = g;
+			ram->granshift = (unsigned)__builtin_ctzll(g);
+			ram->ngran = (unsigned)(ps / g);
+		}
+	}
 	_oc_lock();
 	ram->gen = _oc_gen;
 	oc_list_add_tail(&_oc_rams, &ram->link);
@@ -264,15 +276,8 @@ uint64_t oc_ram_budget(const oc_ram_t *ram)
 	return ram->budget;
 }
 
-static uint64_t used_units(const oc_ram_t *ram)
-{
-	return ram->ram_pages + ram->base_blocks;
-}
-
 int oc_ram_set_budget(oc_ram_t *ram, uint64_t budget)
 {
-	uint64_t want;
-
 	if (!ram || budget < ram->pagesize)
 		return -EINVAL;
 	_oc_lock();
@@ -281,9 +286,8 @@ int oc_ram_set_budget(oc_ram_t *ram, uint64_t budget)
 		return OC_EFORKED;
 	}
 	ram->budget = budget;
-	want = budget >> ram->pageshift;
-	if (used_units(ram) > want)
-		_oc_ram_reclaim_locked(ram, used_units(ram) - want, true);
+	while (_oc_ram_used(ram) > budget && reclaim_one(ram, NULL))
+		ram->st.reclaims++;
 	_oc_unlock();
 	return 0;
 }
@@ -296,12 +300,39 @@ int oc_ram_stats(oc_ram_t *ram, oc_ram_stats_t *st)
 	*st = ram->st;
 	st->budget = ram->budget;
 	st->pagesize = ram->pagesize;
-	st->used = used_units(ram) << ram->pageshift;
+	st->used = _oc_ram_used(ram);
 	st->ram_pages = ram->ram_pages;
 	st->dirty_pages = ram->dirty_pages;
 	st->base_blocks = ram->base_blocks;
+	st->patched_pages = ram->patched_pages;
 	_oc_unlock();
 	return 0;
+}
+
+/* Reclaim one thing (lock held): the least recently faulted clean page
+ * or base block, dropped (its slot is put in *reuse when reuse is not
+ * NULL and *reuse < 0, instead of being freed); or else the least recently
+ * faulted patched page, unmapped (its granules stay: it is dirty, but its
+ * base no longer counts).  Returns false when there is nothing to reclaim. */
+static bool reclaim_one(oc_ram_t *ram, int64_t *reuse)
+{
+	struct page *p;
+
+	if (!oc_list_empty(&ram->lru_clean)) {
+		p = oc_container_of(ram->lru_clean.next, struct page, lru);
+		if (reuse && *reuse < 0 && p->slot >= 0)
+			*reuse = _oc_page_drop(p, true);
+		else
+			_oc_page_drop(p, false);
+		return true;
+	}
+	if (!oc_list_empty(&ram->lru_patched)) {
+		p = oc_container_of(ram->lru_patched.next, struct page, lru);
+		_oc_page_unmap_all(p); /* takes it off lru_patched */
+		ram->st.patch_unmaps++;
+		return true;
+	}
+	return false;
 }
 
 uint64_t _oc_ram_reclaim_locked(oc_ram_t *ram, uint64_t n, bool for_budget)
@@ -349,17 +380,21 @@ static void note_overbudget(oc_ram_t *ram)
 	}
 }
 
-void _oc_ram_make_room(oc_ram_t *ram)
+void _oc_ram_make_room(oc_ram_t *ram, uint64_t len)
 {
-	uint64_t limit = ram->budget >> ram->pageshift;
-
-	while (used_units(ram) + 1 > limit) {
-		if (oc_list_empty(&ram->lru_clean)) {
+	while (_oc_ram_used(ram) + len > ram->budget) {
+		if (!reclaim_one(ram, NULL)) {
 			note_overbudget(ram);
 			return;
 		}
-		_oc_ram_reclaim_locked(ram, 1, true);
+		ram->st.reclaims++;
 	}
+}
+
+void _oc_ram_note_used(oc_ram_t *ram)
+{
+	if (_oc_ram_used(ram) > ram->st.used_max)
+		ram->st.used_max = _oc_ram_used(ram);
 }
 
 void *_oc_ram_slot_addr(oc_ram_t *ram, uint64_t slot)
@@ -414,27 +449,24 @@ static int add_chunk(oc_ram_t *ram)
 	return 0;
 }
 
-int _oc_ram_get_slot(oc_ram_t *ram, uint64_t *slot, bool *warm, bool *zero)
+int _oc_ram_get_slot(oc_ram_t *ram, bool part, uint64_t *slot, bool *warm,
+		     bool *zero)
 {
-	uint64_t limit = ram->budget >> ram->pageshift;
+	uint64_t need = part ? ram->granule : ram->pagesize;
 	int64_t reuse = -1;
 	int err;
 
 	/* At the budget: reclaim the least recently faulted clean pages and
 	 * base blocks until the new page fits, and take the slot of the
-	 * first reclaimed page at once (no punch, no new allocation). */
-	while (used_units(ram) + 1 > limit) {
-		struct page *p;
-		if (oc_list_empty(&ram->lru_clean)) {
+	 * first reclaimed page at once (no punch, no new allocation), unless
+	 * the slot is for a patched page, which must hold nothing but its
+	 * granules. */
+	while (_oc_ram_used(ram) + need > ram->budget) {
+		if (!reclaim_one(ram, part ? NULL : &reuse)) {
 			note_overbudget(ram);
 			break;
 		}
-		p = oc_container_of(ram->lru_clean.next, struct page, lru);
 		ram->st.reclaims++;
-		if (p->slot >= 0 && reuse < 0)
-			reuse = _oc_page_drop(p, true);
-		else
-			_oc_page_drop(p, false);
 	}
 	if (reuse >= 0) {
 		*slot = (uint64_t)reuse;
@@ -471,9 +503,11 @@ got:
 		}
 		*warm = true;
 	}
-	ram->ram_pages++;
-	if (used_units(ram) << ram->pageshift > ram->st.used_max)
-		ram->st.used_max = used_units(ram) << ram->pageshift;
+	if (part)
+		ram->sub_bytes += ram->granule;
+	else
+		ram->ram_pages++;
+	_oc_ram_note_used(ram);
 	return 0;
 }
 

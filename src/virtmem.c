@@ -273,7 +273,8 @@ static void lru_touch(struct page *p)
 		oc_list_del(&p->lru);
 	if (p->state == PAGE_DIRTY) {
 		if (p->nmaps)
-			oc_list_add_tail(&ram->lru_dirty, &p->lru);
+			oc_list_add_tail(p->patched ? &ram->lru_patched
+						    : &ram->lru_dirty, &p->lru);
 	} else {
 		oc_list_add_tail(&ram->lru_clean, &p->lru);
 	}
@@ -292,9 +293,13 @@ static void unmap_rec(struct maprec *r, bool syscall)
 		;
 	*pp = r->next;
 	p->nmaps--;
-	nmaps--;
-	if (p->state == PAGE_DIRTY && p->nmaps == 0 && oc_list_linked(&p->lru))
-		oc_list_del(&p->lru);
+	nmaps -= r->cost;
+	if (p->state == PAGE_DIRTY && p->nmaps == 0) {
+		if (oc_list_linked(&p->lru))
+			oc_list_del(&p->lru);
+		if (p->patched)
+			v->fh->ram->base_blocks--; /* its base is shown nowhere */
+	}
 	free(r);
 }
 
@@ -322,11 +327,16 @@ int64_t _oc_page_drop(struct page *p, bool keep_slot)
 		ram->base_blocks--;
 	if (oc_pagemap_get(&fh->pages, p->blk) == p)
 		oc_pagemap_del(&fh->pages, p->blk);
-	if (slot >= 0) {
+	if (p->patched) {
+		ram->sub_bytes -= (uint64_t)__builtin_popcount(p->sub)
+				  << ram->granshift;
+		ram->patched_pages--;
+		OC_BUG_ON(keep_slot); /* never on lru_clean */
+	} else if (slot >= 0) {
 		ram->ram_pages--;
-		if (!keep_slot)
-			_oc_ram_put_slot(ram, (uint64_t)slot);
 	}
+	if (slot >= 0 && !keep_slot)
+		_oc_ram_put_slot(ram, (uint64_t)slot);
 	free(p);
 	return keep_slot ? slot : -1;
 }
@@ -342,30 +352,33 @@ static void bound_maps(void)
 		struct oc_list *e;
 		for (e = _oc_rams.next; e != &_oc_rams; e = e->next) {
 			oc_ram_t *ram = oc_container_of(e, oc_ram_t, link);
-			struct page *c = NULL, *d = NULL;
-			if (!oc_list_empty(&ram->lru_clean))
-				c = oc_container_of(ram->lru_clean.next, struct page, lru);
-			if (!oc_list_empty(&ram->lru_dirty))
-				d = oc_container_of(ram->lru_dirty.next, struct page, lru);
-			if (c && (!best || c->stamp < best->stamp))
-				best = c;
-			if (d && (!best || d->stamp < best->stamp))
-				best = d;
+			struct oc_list *lists[3] = {&ram->lru_clean,
+						    &ram->lru_dirty,
+						    &ram->lru_patched};
+			for (int i = 0; i < 3; i++) {
+				struct page *c;
+				if (oc_list_empty(lists[i]))
+					continue;
+				c = oc_container_of(lists[i]->next, struct page, lru);
+				if (!best || c->stamp < best->stamp)
+					best = c;
+			}
 		}
 		if (!best)
 			return;
 		best->fh->ram->st.map_reclaims++;
 		if (best->state == PAGE_DIRTY)
-			_oc_page_unmap_all(best); /* leaves lru_dirty */
+			_oc_page_unmap_all(best); /* leaves its LRU list */
 		else
 			_oc_page_drop(best, false);
 	}
 }
 
 /* Map pages run[0..n) (consecutive blocks, none mapped in v yet, all
- * showing consecutive ranges of one descriptor) into v with prot, with
- * one mmap. */
-static int map_run(struct oc_vma *v, struct page **run, uint64_t n, int prot)
+ * showing consecutive ranges of one descriptor, none patched) into v with
+ * prot, with one mmap, filling the page tables when populate is set. */
+static int map_run(struct oc_vma *v, struct page **run, uint64_t n, int prot,
+		   bool populate)
 {
 	oc_ram_t *ram = v->fh->ram;
 	struct page *p = run[0];
@@ -394,7 +407,7 @@ static int map_run(struct oc_vma *v, struct page **run, uint64_t n, int prot)
 		off = (uint64_t)p->slot << ram->pageshift;
 	}
 	err = _oc_os_map_fixed(page_addr(v, p->blk), n << ram->pageshift, prot,
-			       fd, off, true);
+			       fd, off, populate);
 	if (err) {
 		err = err == -ENOMEM ? OC_EMAPLIMIT : err;
 		goto undo;
@@ -404,6 +417,7 @@ static int map_run(struct oc_vma *v, struct page **run, uint64_t n, int prot)
 		r->vma = v;
 		r->page = run[i];
 		r->prot = prot;
+		r->cost = 1;
 		r->next = run[i]->maps;
 		run[i]->maps = r;
 		run[i]->nmaps++;
@@ -419,7 +433,7 @@ undo:
 /* Map page p (not mapped in v yet) into v with prot. */
 static int map_page(struct oc_vma *v, struct page *p, int prot)
 {
-	return map_run(v, &p, 1, prot);
+	return map_run(v, &p, 1, prot, true);
 }
 
 /* Make an existing mapping of a RAM page writable.  mprotect of the one
@@ -454,6 +468,12 @@ static void mark_clean(struct page *p)
 	oc_fileh_t *fh = p->fh;
 	struct maprec *r;
 
+	if (p->patched) {
+		/* Stored: the file now gives its content.  Dropped rather than
+		 * kept, since a clean patched page would be one more state. */
+		_oc_page_drop(p, false);
+		return;
+	}
 	oc_pagemap_del(&fh->dirty, p->blk);
 	fh->ram->dirty_pages--;
 	p->state = PAGE_CLEAN;
@@ -542,7 +562,7 @@ static int load_page(oc_fileh_t *fh, uint64_t blk, uint64_t ahead)
 					free(q);
 					break;
 				}
-				_oc_ram_make_room(ram);
+				_oc_ram_make_room(ram, ram->pagesize);
 				q->state = PAGE_BASE;
 				q->fh = fh;
 				q->blk = blk + i;
@@ -554,16 +574,13 @@ static int load_page(oc_fileh_t *fh, uint64_t blk, uint64_t ahead)
 				ram->st.base_maps++;
 				lru_touch(q);
 			}
-			_oc_ram_make_room(ram);
+			_oc_ram_make_room(ram, ram->pagesize);
 			p->state = PAGE_BASE;
 			p->base_fd = fd;
 			p->base_off = off;
 			ram->base_blocks++;
 			ram->st.base_maps++;
-			if ((ram->ram_pages + ram->base_blocks) << ram->pageshift >
-			    ram->st.used_max)
-				ram->st.used_max = (ram->ram_pages + ram->base_blocks)
-						   << ram->pageshift;
+			_oc_ram_note_used(ram);
 			goto loaded;
 		}
 		if (r != OC_NOMAP && r != OC_ZEROBLK) {
@@ -574,7 +591,7 @@ static int load_page(oc_fileh_t *fh, uint64_t blk, uint64_t ahead)
 
 	{
 		int want = r;
-		r = _oc_ram_get_slot(ram, &slot, &warm, &zero);
+		r = _oc_ram_get_slot(ram, false, &slot, &warm, &zero);
 		if (r)
 			goto drop;
 		p->slot = (int64_t)slot;
@@ -675,7 +692,7 @@ static int cow_page(struct oc_vma *v, struct page *p, struct maprec *rec)
 	 * counting it as a base block: its slot replaces it in the budget. */
 	oc_list_del(&p->lru);
 	ram->base_blocks--;
-	r = _oc_ram_get_slot(ram, &slot, &warm, &zero);
+	r = _oc_ram_get_slot(ram, false, &slot, &warm, &zero);
 	if (r)
 		goto fail;
 	if (!src) {
@@ -724,6 +741,218 @@ fail:
 	ram->base_blocks++;
 	lru_touch(p);
 	return r;
+}
+
+/* ---- partial copy-on-write ------------------------------------------ */
+
+/* A write to a base-layer block copies only the granule it hits (1/32 of
+ * the block, at least an OS page) into the block's RAM slot and maps that
+ * granule read-write over the read-only base: the block becomes "patched".
+ * A program that writes 64 KiB here and there in big blocks keeps 64 KiB
+ * per change in RAM, not whole blocks, and writeout tells the file which
+ * granules may have changed (storeblk_part).  A patched page that gets a
+ * quarter of its granules is promoted to a whole RAM page, which bounds
+ * the kernel mappings it takes.  The slot of a patched page holds nothing
+ * but its granules (the rest stays a hole).  Its base is counted in the
+ * budget while it is mapped somewhere; reclaim may unmap it (never drop
+ * it: it is dirty). */
+
+#define PROMOTE_GRANULES(ram) ((ram)->ngran / 4)
+
+/* The next run [*a, *b) of set bits of m (n bits) at or after *i. */
+static bool next_run(uint32_t m, unsigned n, unsigned *i, unsigned *a,
+		     unsigned *b)
+{
+	while (*i < n && !((m >> *i) & 1))
+		(*i)++;
+	if (*i >= n)
+		return false;
+	*a = *i;
+	while (*i < n && ((m >> *i) & 1))
+		(*i)++;
+	*b = *i;
+	return true;
+}
+
+static unsigned count_runs(uint32_t m, unsigned n)
+{
+	unsigned i = 0, a, b, runs = 0;
+
+	while (next_run(m, n, &i, &a, &b))
+		runs++;
+	return runs;
+}
+
+/* Map granules [a, b) of patched page p's slot with prot at addr (the
+ * block's address in some mapping). */
+static int map_granules(oc_ram_t *ram, struct page *p, char *addr,
+			unsigned a, unsigned b, int prot)
+{
+	uint64_t off = ((uint64_t)p->slot << ram->pageshift) +
+		       ((uint64_t)a << ram->granshift);
+
+	return _oc_os_map_fixed(addr + ((size_t)a << ram->granshift),
+				(size_t)(b - a) << ram->granshift, prot,
+				ram->fd, off, true);
+}
+
+/* Show patched page p at addr with its granules mapped with gprot: the
+ * base read-only (not populated: only what is touched costs), the
+ * granules over it. */
+static int show_patched(oc_ram_t *ram, struct page *p, char *addr, int gprot)
+{
+	unsigned i = 0, a, b;
+	int err = _oc_os_map_fixed(addr, ram->pagesize, PROT_READ, p->base_fd,
+				   p->base_off, false);
+
+	while (!err && next_run(p->sub, ram->ngran, &i, &a, &b))
+		err = map_granules(ram, p, addr, a, b, gprot);
+	return err;
+}
+
+/* Map patched page p (not mapped in v yet) into v. */
+static int map_patched(struct oc_vma *v, struct page *p)
+{
+	oc_ram_t *ram = v->fh->ram;
+	unsigned cost = 1 + 2 * count_runs(p->sub, ram->ngran);
+	struct maprec *r;
+	int err;
+
+	if (oc_list_linked(&p->lru))
+		oc_list_del(&p->lru); /* out of reach of what follows */
+	if (nmaps + cost > map_limit)
+		bound_maps();
+	if (p->nmaps == 0)
+		_oc_ram_make_room(ram, ram->pagesize); /* for its base */
+	r = malloc(sizeof *r);
+	if (!r || oc_pagemap_set(&v->maps, p->blk - v->pgoffset, r)) {
+		free(r);
+		err = -ENOMEM;
+		goto out;
+	}
+	err = show_patched(ram, p, page_addr(v, p->blk), PROT_READ | PROT_WRITE);
+	if (err) {
+		_oc_os_unmap_to_reserve(page_addr(v, p->blk), ram->pagesize);
+		free(oc_pagemap_del(&v->maps, p->blk - v->pgoffset));
+		err = err == -ENOMEM ? OC_EMAPLIMIT : err;
+		goto out;
+	}
+	r->vma = v;
+	r->page = p;
+	r->prot = PROT_READ; /* of the base: a fault there is a write */
+	r->cost = cost;
+	r->next = p->maps;
+	p->maps = r;
+	if (p->nmaps++ == 0) {
+		ram->base_blocks++;
+		_oc_ram_note_used(ram);
+	}
+	nmaps += cost;
+out:
+	lru_touch(p);
+	return err;
+}
+
+/* Turn patched page p, mapped in v, into a whole dirty RAM page: copy the
+ * rest of its base into its slot and map the slot read-write in v. */
+static int promote_page(struct oc_vma *v, struct page *p)
+{
+	oc_ram_t *ram = v->fh->ram;
+	char *addr = page_addr(v, p->blk);
+	uint64_t off = (uint64_t)p->slot << ram->pageshift;
+	uint32_t gaps = ~p->sub;
+	unsigned i = 0, a, b;
+	int err = 0;
+
+	while (!err && next_run(gaps, ram->ngran, &i, &a, &b))
+		err = _oc_os_pwrite_all(ram->fd, addr + ((size_t)a << ram->granshift),
+					(size_t)(b - a) << ram->granshift,
+					off + ((uint64_t)a << ram->granshift));
+	if (err)
+		return err;
+	_oc_page_unmap_all(p); /* also stops counting its base */
+	ram->sub_bytes -= (uint64_t)__builtin_popcount(p->sub) << ram->granshift;
+	ram->patched_pages--;
+	p->patched = false;
+	p->sub = 0;
+	ram->ram_pages++;
+	_oc_ram_note_used(ram);
+	ram->st.cow_copies++;
+	p->dirty_gen = v->fh->writeout_gen;
+	err = map_page(v, p, PROT_READ | PROT_WRITE);
+	lru_touch(p);
+	return err;
+}
+
+/* A write at addr to base block or patched page p, whose base v shows
+ * there: copy that granule into p's slot (making p patched, and dirty, if
+ * it was a base block) and map it read-write in every mapping of p. */
+static int patch_page(struct oc_vma *v, struct page *p, uintptr_t addr)
+{
+	oc_fileh_t *fh = v->fh;
+	oc_ram_t *ram = fh->ram;
+	char *blkaddr = page_addr(v, p->blk);
+	unsigned g = (unsigned)((addr - (uintptr_t)blkaddr) >> ram->granshift);
+	uint64_t goff = (uint64_t)g << ram->granshift, slot;
+	bool fresh = !p->patched, warm, zero;
+	struct maprec *r, *next;
+	int err;
+
+	if (!fresh && ((p->sub >> g) & 1))
+		return HANDLED; /* another thread did it meanwhile */
+	if (!fresh && (unsigned)__builtin_popcount(p->sub) >= PROMOTE_GRANULES(ram))
+		return promote_page(v, p);
+	/* Keep p out of reach of the reclaim and map bounding below. */
+	if (oc_list_linked(&p->lru))
+		oc_list_del(&p->lru);
+	if (nmaps + 2 * p->nmaps > map_limit)
+		bound_maps();
+	if (fresh) {
+		err = _oc_ram_get_slot(ram, true, &slot, &warm, &zero);
+		if (err)
+			goto out;
+	} else {
+		_oc_ram_make_room(ram, ram->granule);
+		ram->sub_bytes += ram->granule;
+		_oc_ram_note_used(ram);
+		slot = (uint64_t)p->slot;
+	}
+	/* The kernel copies from v's read-only base mapping. */
+	err = _oc_os_pwrite_all(ram->fd, blkaddr + goff, ram->granule,
+				(slot << ram->pageshift) + goff);
+	if (!err && fresh)
+		err = make_dirty(p);
+	if (err) {
+		ram->sub_bytes -= ram->granule;
+		if (fresh)
+			_oc_ram_put_slot(ram, slot);
+		goto out;
+	}
+	if (fresh) {
+		/* Its base stays counted in base_blocks: it is mapped. */
+		p->patched = true;
+		p->slot = (int64_t)slot;
+		p->sub = 0;
+		ram->patched_pages++;
+	}
+	p->sub |= (uint32_t)1 << g;
+	p->dirty_gen = fh->writeout_gen;
+	ram->st.granule_copies++;
+	for (r = p->maps; r; r = next) {
+		next = r->next;
+		if (map_granules(ram, p, page_addr(r->vma, p->blk), g, g + 1,
+				 PROT_READ | PROT_WRITE) == 0) {
+			r->cost += 2;
+			nmaps += 2;
+		} else {
+			/* It must not show the stale base: it faults again. */
+			unmap_rec(r, true);
+			err = RETRY;
+		}
+	}
+out:
+	lru_touch(p);
+	return err;
 }
 
 /* Serve an access at addr in v.  write: 0 known read, 1 known write,
@@ -778,8 +1007,18 @@ static int fault_page(struct oc_vma *v, uintptr_t addr, int write,
 	ram->st.faults++;
 	if (write) {
 		ram->st.write_faults++;
-		if (p->state == PAGE_BASE)
+		if (p->state == PAGE_BASE && !ram->ngran)
 			return cow_page(v, p, rec);
+		if (p->state == PAGE_BASE || p->patched) {
+			/* Show the block here first, then patch the granule
+			 * written (a partial copy-on-write). */
+			if (rec)
+				return patch_page(v, p, addr);
+			err = p->patched ? map_patched(v, p)
+					 : map_run(v, &p, 1, PROT_READ, false);
+			lru_touch(p);
+			return err ? err : RETRY;
+		}
 		if (p->state == PAGE_CLEAN) {
 			err = make_dirty(p);
 			if (err)
@@ -787,11 +1026,16 @@ static int fault_page(struct oc_vma *v, uintptr_t addr, int write,
 		}
 		err = rec ? make_writable(rec)
 			  : map_page(v, p, PROT_READ | PROT_WRITE);
+	} else if (p->patched) {
+		err = map_patched(v, p);
 	} else if (p->state == PAGE_BASE) {
 		/* Map the run of following base blocks that continue this
-		 * one's range (read ahead) with the same mmap. */
+		 * one's range (read ahead) with the same mmap.  A sequential
+		 * read gets its page tables filled; a random one pays only
+		 * for the pages it touches. */
 		struct page *run[64];
 		uint64_t n = 1, i;
+		bool seq = idx > 0 && oc_pagemap_get(&v->maps, idx - 1);
 		run[0] = p;
 		while (n < 64 && idx + n < v->pglen) {
 			struct page *q = oc_pagemap_get(&fh->pages, blk + n);
@@ -801,7 +1045,7 @@ static int fault_page(struct oc_vma *v, uintptr_t addr, int write,
 				break;
 			run[n++] = q;
 		}
-		err = map_run(v, run, n, PROT_READ);
+		err = map_run(v, run, n, PROT_READ, seq || n > 1);
 		for (i = n; i-- > 1;)
 			lru_touch(run[i]);
 	} else {
@@ -1065,12 +1309,54 @@ static int lock_idle(oc_fileh_t *fh)
 	return 0;
 }
 
+/* Store patched page p (lock held; dropped while the file op runs): show
+ * it read-only at a scratch address of our own (*scratch, reserved on
+ * first use) and give the file that, with the granules that changed. */
+static int store_patched(oc_fileh_t *fh, struct page *p, void **scratch)
+{
+	oc_ram_t *ram = fh->ram;
+	oc_file_t *file = fh->file;
+	uint32_t changed = p->sub;
+	int err = 0;
+
+	if (!*scratch) {
+		err = _oc_os_reserve(ram->pagesize, ram->pagesize, scratch);
+		if (err) {
+			*scratch = NULL;
+			return err;
+		}
+	}
+	err = show_patched(ram, p, *scratch, PROT_READ);
+	if (err)
+		goto out;
+	p->busy++;
+	_oc_unlock();
+	_oc_in_op = fh;
+	if (file->ops->version >= 2 && file->ops->storeblk_part)
+		err = file->ops->storeblk_part(file, p->blk, *scratch, changed,
+					       ram->granule);
+	else
+		err = file->ops->storeblk(file, p->blk, *scratch);
+	err = normalize(err);
+	_oc_in_op = NULL;
+	_oc_lock();
+	p->busy--;
+out:
+	_oc_os_unmap_to_reserve(*scratch, ram->pagesize);
+	if (err)
+		ram->st.store_errors++;
+	else
+		ram->st.stores++;
+	return err;
+}
+
 int oc_fileh_writeout(oc_fileh_t *fh, int flags)
 {
 	oc_file_t *file;
 	oc_ram_t *ram;
 	struct page *p;
 	uint64_t k, store_gen;
+	void *scratch = NULL;
 	int err = 0;
 
 	if (!fh || !flags || (flags & ~(OC_WRITEOUT_STORE | OC_WRITEOUT_MARKSTORED)))
@@ -1099,7 +1385,11 @@ int oc_fileh_writeout(oc_fileh_t *fh, int flags)
 	for (k = 0; (p = oc_pagemap_next(&fh->dirty, &k)); k++) {
 		if (p->dirty_gen > store_gen)
 			goto next;
-		if (flags & OC_WRITEOUT_STORE) {
+		if ((flags & OC_WRITEOUT_STORE) && p->patched) {
+			err = store_patched(fh, p, &scratch);
+			if (err)
+				break;
+		} else if (flags & OC_WRITEOUT_STORE) {
 			bool warm = ram->warm[p->slot] != 0, tmp = false;
 			void *buf = warm ? _oc_ram_slot_addr(ram, (uint64_t)p->slot)
 					 : get_bounce(ram->pagesize, &tmp);
@@ -1137,6 +1427,8 @@ next:
 	if (!err && (flags & OC_WRITEOUT_MARKSTORED))
 		fh->store_pending = false;
 	fh->writeout = false;
+	if (scratch)
+		_oc_os_release(scratch, ram->pagesize);
 out:
 	_oc_unlock();
 	return err;

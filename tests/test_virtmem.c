@@ -801,15 +801,17 @@ static void test_plainfile(void)
 	st0 = stats(ram);
 	*tf_at(a, ps, 1, 0) = 0xfeed;
 	st1 = stats(ram);
-	CHECK_EQ(st1.cow_copies - st0.cow_copies, 1, "first write copies");
+	CHECK(st1.granule_copies - st0.granule_copies == 1 &&
+	      st1.cow_copies == st0.cow_copies && st1.patched_pages == 1,
+	      "first write copies one granule (a patched block)");
 	CHECK(dirty_is(fh, (uint64_t[]){1}, 1), "dirty [1]");
 	CHECK(*tf_at(a, ps, 1, 0) == 0xfeed && *tf_at(a, ps, 1, 1) == tf_word(1, 1),
 	      "copy holds the write and the file's data");
 	CHECK(pread(fd, blk, 8, ps) == 8 && blk[0] == tf_word(1, 0),
 	      "file unchanged before writeout");
 	*tf_at(a, ps, 1, 1) = 0xbeef;
-	CHECK_EQ(stats(ram).cow_copies - st0.cow_copies, 1,
-		 "second write: no second copy");
+	CHECK_EQ(stats(ram).granule_copies - st0.granule_copies, 1,
+		 "second write to that granule: no second copy");
 	*tf_at(a, ps, 3, n - 1) = 0xcafe; /* never read: write to base block */
 	*tf_at(a, ps, 7, 0) = 0xdead;     /* past the end */
 	CHECK(dirty_is(fh, (uint64_t[]){1, 3, 7}, 3), "dirty [1 3 7]");
@@ -928,6 +930,248 @@ out:
 	free(blk);
 }
 
+/* ---- partial copy-on-write of base-layer blocks ------------------------ */
+
+/* A file over a real file with a base layer, that keeps its own copy of
+ * what was stored and records how. */
+struct bfile {
+	oc_file_t file;
+	int fd;
+	size_t bs;
+	unsigned char *kept;   /* nblk blocks: the file as stored */
+	uint64_t nfull, npart; /* storeblk / storeblk_part calls */
+	uint32_t last_mask;
+	size_t last_granule;
+};
+
+static int bf_mapblk(oc_file_t *f, uint64_t blk, int *fd, uint64_t *off)
+{
+	struct bfile *b = (struct bfile *)f;
+	*fd = b->fd;
+	*off = blk * b->bs;
+	return 0;
+}
+
+static int bf_loadblk(oc_file_t *f, uint64_t blk, void *buf)
+{
+	struct bfile *b = (struct bfile *)f;
+	return pread(b->fd, buf, b->bs, (off_t)(blk * b->bs)) == (ssize_t)b->bs
+		       ? 0 : -EIO;
+}
+
+static int bf_storeblk(oc_file_t *f, uint64_t blk, const void *buf)
+{
+	struct bfile *b = (struct bfile *)f;
+	memcpy(b->kept + blk * b->bs, buf, b->bs);
+	b->nfull++;
+	return 0;
+}
+
+static int bf_storeblk_part(oc_file_t *f, uint64_t blk, const void *buf,
+			    uint32_t changed, size_t granule)
+{
+	struct bfile *b = (struct bfile *)f;
+	for (size_t g = 0; g < b->bs / granule; g++)
+		if ((changed >> g) & 1)
+			memcpy(b->kept + blk * b->bs + g * granule,
+			       (const char *)buf + g * granule, granule);
+	b->npart++;
+	b->last_mask = changed;
+	b->last_granule = granule;
+	return 0;
+}
+
+static const oc_file_ops_t bf_ops = {
+	.version = OC_FILE_OPS_VERSION,
+	.loadblk = bf_loadblk,
+	.storeblk = bf_storeblk,
+	.mapblk = bf_mapblk,
+	.storeblk_part = bf_storeblk_part,
+};
+
+/* The same file as a version 1 ops table (which has no storeblk_part). */
+static const oc_file_ops_t bf_ops_v1 = {
+	.version = 1,
+	.loadblk = bf_loadblk,
+	.storeblk = bf_storeblk,
+	.mapblk = bf_mapblk,
+};
+
+static void test_patch(size_t ps, int v1)
+{
+	const uint64_t N = 8;
+	const size_t gran = ps / 32 > 4096 ? ps / 32 : 4096, ng = ps / gran;
+	const size_t wpg = gran / 8; /* words per granule */
+	char path[256];
+	const char *tmp = getenv("TMPDIR");
+	struct bfile bf = {0};
+	oc_ram_t *ram = NULL;
+	oc_fileh_t *fh = NULL;
+	oc_vma_t *v = NULL, *w = NULL;
+	oc_ram_stats_t st0, st;
+	unsigned char *buf = malloc(ps);
+	char *a, *b;
+	int err, ok;
+
+	printf("# partial copy-on-write, page size %zu KiB, granule %zu KiB%s\n",
+	       ps / KiB, gran / KiB, v1 ? ", version 1 ops" : "");
+	snprintf(path, sizeof(path), "%s/oc-test-patch-XXXXXX", tmp ? tmp : "/tmp");
+	bf.fd = mkstemp(path);
+	CHECK(bf.fd >= 0 && buf, "mkstemp");
+	if (bf.fd < 0 || !buf)
+		goto out;
+	unlink(path);
+	bf.bs = ps;
+	bf.kept = malloc(N * ps);
+	for (uint64_t k = 0; k < N; k++) {
+		tf_fill(bf.kept + k * ps, ps, k);
+		write_all(bf.fd, bf.kept + k * ps, ps, (off_t)(k * ps));
+	}
+	CHECK_EQ(oc_file_init(&bf.file, v1 ? &bf_ops_v1 : &bf_ops, ps, "patch"),
+		 0, "file");
+	ram = tf_ram(ps, 64 * ps, &err);
+	CHECK(ram && oc_fileh_open(&fh, &bf.file, ram) == 0 &&
+	      oc_fileh_mmap(fh, 0, N, &v) == 0, "open and map");
+	if (!v)
+		goto out;
+	a = oc_vma_addr(v);
+
+	/* writes to granules 0 and 2 of block 1: two granules copied */
+	st0 = stats(ram);
+	*tf_at(a, ps, 1, 0) = 0xa0;
+	*tf_at(a, ps, 1, 1) = 0xa1;
+	*tf_at(a, ps, 1, 2 * wpg + 3) = 0xa2;
+	st = stats(ram);
+	CHECK(st.granule_copies - st0.granule_copies == 2 &&
+	      st.cow_copies == st0.cow_copies && st.patched_pages == 1 &&
+	      st.dirty_pages == 1 && st.ram_pages == st0.ram_pages,
+	      "two granules copied, one patched page (%llu copies)",
+	      (unsigned long long)(st.granule_copies - st0.granule_copies));
+	CHECK(st.used - st0.used == ps + 2 * gran,
+	      "used: its base + 2 granules (+%llu)",
+	      (unsigned long long)(st.used - st0.used));
+	ok = 1;
+	for (size_t i = 0; i < ps / 8; i++) {
+		uint64_t want = i == 0 ? 0xa0 : i == 1 ? 0xa1
+			      : i == 2 * wpg + 3 ? 0xa2 : tf_word(1, i);
+		ok &= *tf_at(a, ps, 1, i) == want;
+	}
+	CHECK(ok, "block 1 reads the writes over the file's data");
+	CHECK(pread(bf.fd, buf, 8, (off_t)ps) == 8 &&
+	      ((uint64_t *)buf)[0] == tf_word(1, 0), "the file is unchanged");
+	CHECK(dirty_is(fh, (uint64_t[]){1}, 1), "dirty [1]");
+
+	/* a second mapping shows the same block, and writes through either
+	 * are seen by both */
+	CHECK_EQ(oc_fileh_mmap(fh, 1, 1, &w), 0, "second mapping of block 1");
+	if (!w)
+		goto out;
+	b = oc_vma_addr(w);
+	CHECK(*tf_at(b, ps, 0, 0) == 0xa0 && *tf_at(b, ps, 0, 2 * wpg + 3) == 0xa2 &&
+	      *tf_at(b, ps, 0, 5 * wpg) == tf_word(1, 5 * wpg),
+	      "the second mapping shows the patched block");
+	*tf_at(b, ps, 0, 5 * wpg) = 0xb5;  /* a new granule, through w */
+	*tf_at(b, ps, 0, 1) = 0xb1;        /* an existing one */
+	CHECK(*tf_at(a, ps, 1, 5 * wpg) == 0xb5 && *tf_at(a, ps, 1, 1) == 0xb1,
+	      "writes through the second mapping are seen in the first");
+	*tf_at(a, ps, 1, 5 * wpg + 1) = 0xa5;
+	CHECK(*tf_at(b, ps, 0, 5 * wpg + 1) == 0xa5, "and the other way");
+	CHECK_EQ(stats(ram).granule_copies - st0.granule_copies, 3,
+		 "three granules copied in all");
+	CHECK_EQ(oc_vma_unmap(w), 0, "unmap the second mapping");
+	w = NULL;
+
+	/* writeout: the file is told which granules changed */
+	CHECK_EQ(oc_fileh_writeout(fh, OC_WRITEOUT_STORE), 0, "STORE");
+	if (v1) {
+		CHECK(bf.nfull == 1 && bf.npart == 0,
+		      "version 1 file: storeblk with the whole block");
+	} else {
+		CHECK(bf.npart == 1 && bf.nfull == 0 && bf.last_granule == gran &&
+		      bf.last_mask == ((1u << 0) | (1u << 2) | (1u << 5)),
+		      "storeblk_part with granules 0, 2, 5 (mask %#x)",
+		      (unsigned)bf.last_mask);
+	}
+	ok = 1;
+	for (size_t i = 0; i < ps / 8; i++) {
+		uint64_t want = i == 0 ? 0xa0 : i == 1 ? 0xb1
+			      : i == 2 * wpg + 3 ? 0xa2 : i == 5 * wpg ? 0xb5
+			      : i == 5 * wpg + 1 ? 0xa5 : tf_word(1, i);
+		ok &= ((uint64_t *)(bf.kept + ps))[i] == want;
+	}
+	CHECK(ok, "what was stored is the whole new block");
+	CHECK(dirty_is(fh, (uint64_t[]){1}, 1), "still dirty after STORE alone");
+	CHECK_EQ(oc_fileh_writeout(fh, OC_WRITEOUT_MARKSTORED), 0, "MARKSTORED");
+	st = stats(ram);
+	CHECK(st.patched_pages == 0 && st.dirty_pages == 0 &&
+	      !oc_fileh_isdirty(fh), "marked stored: no patched page left");
+
+	/* promotion: a quarter of the granules makes a whole RAM page */
+	st0 = stats(ram);
+	for (size_t g = 0; g <= ng / 4; g++)
+		*tf_at(a, ps, 3, g * wpg) = 0xc0 + g;
+	st = stats(ram);
+	CHECK(st.cow_copies - st0.cow_copies == 1 && st.patched_pages == 0 &&
+	      st.ram_pages - st0.ram_pages == 1 &&
+	      st.granule_copies - st0.granule_copies == ng / 4,
+	      "%zu granules written: promoted to a whole page", ng / 4 + 1);
+	ok = 1;
+	for (size_t i = 0; i < ps / 8; i++) {
+		uint64_t want = i % wpg == 0 && i / wpg <= ng / 4 ? 0xc0 + i / wpg
+								: tf_word(3, i);
+		ok &= *tf_at(a, ps, 3, i) == want;
+	}
+	CHECK(ok, "the promoted page holds the writes and the file's data");
+
+	/* discard drops a patched page: the file's data again */
+	*tf_at(a, ps, 4, 7) = 0xd7;
+	CHECK_EQ(stats(ram).patched_pages, 1, "block 4 patched");
+	CHECK_EQ(oc_fileh_discard(fh), 0, "discard");
+	st = stats(ram);
+	CHECK(st.patched_pages == 0 && st.dirty_pages == 0 &&
+	      *tf_at(a, ps, 4, 7) == tf_word(4, 7) && *tf_at(a, ps, 3, 0) == tf_word(3, 0),
+	      "after discard: the file's data, nothing patched");
+
+	/* the budget: patched blocks are unmapped (never dropped) to bound
+	 * what is used, and their data stays */
+	CHECK_EQ(oc_ram_set_budget(ram, 3 * ps), 0, "budget 3 blocks");
+	st0 = stats(ram);
+	for (uint64_t k = 0; k < N; k++)
+		*tf_at(a, ps, k, k) = 0xe0 + k;
+	st = stats(ram);
+	CHECK(st.patched_pages == N && st.dirty_pages == N &&
+	      st.patch_unmaps - st0.patch_unmaps >= N - 3 &&
+	      st.used <= 3 * ps + N * gran,
+	      "%llu blocks patched within the budget (used %llu KiB, %llu unmapped)",
+	      (unsigned long long)N, (unsigned long long)(st.used / KiB),
+	      (unsigned long long)(st.patch_unmaps - st0.patch_unmaps));
+	ok = 1;
+	for (uint64_t k = 0; k < N; k++)
+		ok &= *tf_at(a, ps, k, k) == 0xe0 + k &&
+		      *tf_at(a, ps, k, k + 1) == tf_word(k, k + 1);
+	CHECK(ok, "every patched block still holds its write");
+	CHECK(stats(ram).used <= 3 * ps + N * gran, "and reading them stays in the budget");
+	CHECK_EQ(oc_fileh_writeout(fh, OC_WRITEOUT_STORE | OC_WRITEOUT_MARKSTORED),
+		 0, "writeout of the unmapped patched blocks");
+	ok = 1;
+	for (uint64_t k = 0; k < N; k++)
+		ok &= ((uint64_t *)(bf.kept + k * ps))[k] == 0xe0 + k;
+	CHECK(ok, "all stored");
+out:
+	if (w)
+		oc_vma_unmap(w);
+	if (v)
+		oc_vma_unmap(v);
+	if (fh)
+		oc_fileh_close(fh);
+	if (ram)
+		oc_ram_close(ram);
+	if (bf.fd >= 0)
+		close(bf.fd);
+	free(bf.kept);
+	free(buf);
+}
+
 int main(void)
 {
 	test_transitions(4 * KiB);
@@ -939,5 +1183,8 @@ int main(void)
 	test_memfile(4 * KiB);
 	test_memfile(2 * MiB);
 	test_plainfile();
+	test_patch(64 * KiB, 0);
+	test_patch(64 * KiB, 1);
+	test_patch(2 * MiB, 0);
 	return check_done();
 }

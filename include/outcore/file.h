@@ -41,7 +41,7 @@ extern "C" {
 
 typedef struct oc_file oc_file_t;
 
-#define OC_FILE_OPS_VERSION 1
+#define OC_FILE_OPS_VERSION 2
 
 /* Returned by mapblk for a block with no mappable base: load it instead. */
 #define OC_NOMAP 1
@@ -50,7 +50,7 @@ typedef struct oc_file oc_file_t;
 #define OC_ZEROBLK 2
 
 typedef struct oc_file_ops {
-	unsigned version; /* OC_FILE_OPS_VERSION (1) */
+	unsigned version; /* OC_FILE_OPS_VERSION (2); 1 is accepted */
 
 	/* Fill buf (blksize bytes, writable, page-aligned) with block blk.
 	 * Required. */
@@ -88,6 +88,20 @@ typedef struct oc_file_ops {
 	 * with no intermediate buffer.  Return OC_NOMAP to have loadblk
 	 * called instead.  NULL: loadblk is used. */
 	int (*loadblk_fd)(oc_file_t *file, uint64_t blk, int fd, uint64_t offset);
+
+	/* ---- version 2 ---- */
+
+	/* Optional: store block blk, of which only some granules may have
+	 * changed.  A block mapped from the base layer (mapblk) and then
+	 * written here and there is kept as its base plus the granules that
+	 * were written (see virtmem.h): bit i of changed set means bytes
+	 * [i*granule, (i+1)*granule) may differ from the block as mapblk
+	 * gave it to this handle; every other byte is equal to it.  buf shows
+	 * the whole block, read-only, but its unchanged part is read through
+	 * a mapping of the base: read only what you need.  NULL (or a
+	 * version 1 table): storeblk is called with the same buf. */
+	int (*storeblk_part)(oc_file_t *file, uint64_t blk, const void *buf,
+			     uint32_t changed, size_t granule);
 } oc_file_ops_t;
 
 /* A file.  Embed it as the first member of your own structure (or anywhere,

@@ -114,6 +114,10 @@ typedef struct oc_ram_stats {
 	uint64_t reclaims;     /* pages or base blocks reclaimed for the budget */
 	uint64_t map_reclaims; /* mappings dropped to bound the kernel map count */
 	uint64_t overbudget;   /* allocations made over the budget (only dirty left) */
+	uint64_t patched_pages;  /* dirty base-layer blocks kept as the base plus
+				    their written granules (partial copy-on-write) */
+	uint64_t granule_copies; /* granules copied to RAM on first write */
+	uint64_t patch_unmaps;   /* patched blocks unmapped for the budget */
 } oc_ram_stats_t;
 
 /* Fill *st.  Returns 0. */

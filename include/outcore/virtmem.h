@@ -14,9 +14,21 @@
  *                              page, or map the file's base layer), map
  *                              it read-only;                 -> clean
  *   write to a clean page      mark it dirty, map it writable;  -> dirty
- *                              (a base-layer block is first copied into a
- *                              RAM page: copy-on-write)
+ *                              (a base-layer block: see below)
  *   write to an unloaded page  load, then dirty.
+ *
+ * Partial copy-on-write.  A write to a block mapped from a file's base
+ * layer copies only the granule it hits (1/32 of the block, at least an OS
+ * page: 64 KiB of a 2 MiB block) into RAM and maps that granule writable
+ * over the read-only base: the block is "patched" (dirty).  Writing 64 KiB
+ * at 1,000 places of a big array so keeps 64 MiB in RAM, not 2 GiB of
+ * whole blocks, and writeout tells the file which granules changed
+ * (storeblk_part in file.h), so that it writes only those.  Once a quarter
+ * of its granules are written, a block is copied whole into a RAM page (a
+ * bound on the kernel mappings it takes).  A patched block counts its base
+ * in the RAM budget while it is mapped; reclaim may unmap it (its data
+ * stays: it is dirty).  When marked stored it is dropped: the file gives
+ * its new content.  RAM without pwrite (hugetlb) copies whole blocks.
  *
  * Page states, per handle and block:
  *
@@ -26,6 +38,7 @@
  *                      v                 (reclaim, discard, invalidate:
  *                 LOADING_INVALIDATED     back to EMPTY)
  *   EMPTY --mapblk--> BASE (clean, mapped from the file) --write--> DIRTY
+ *                                         (patched, or a whole RAM page)
  *
  * Several mappings of one handle may overlap in the file; they then share
  * pages (a write through one is seen through the other).  Unmapping keeps
