@@ -194,6 +194,20 @@ static int sa_storeblk(oc_file_t *f, uint64_t blk, const void *buf)
 				  f->blksize, buf);
 }
 
+static int sa_storeblk_part(oc_file_t *f, uint64_t blk, const void *buf,
+			    uint32_t changed, size_t granule)
+{
+	struct sarray *sa = (struct sarray *)f;
+	oc_store_t *st = sa->st;
+
+	if (!st->ops->txn_block_part)
+		return sa_storeblk(f, blk, buf);
+	if (st->committing != sa)
+		return -EPERM; /* only oc_store_commit writes */
+	return st->ops->txn_block_part(st->eng, sa->id ? sa->id : sa->new_id,
+				       blk, f->blksize, buf, changed, granule);
+}
+
 static void sa_release(oc_file_t *f)
 {
 	struct sarray *sa = (struct sarray *)f;
@@ -209,6 +223,7 @@ static const oc_file_ops_t sa_ops = {
 	.storeblk = sa_storeblk,
 	.release = sa_release,
 	.mapblk = sa_mapblk,
+	.storeblk_part = sa_storeblk_part,
 };
 
 /* A new record (one file reference: the store's). */

@@ -94,6 +94,14 @@ typedef struct oc_store_engine_ops {
 
 	/* Engine counters into the matching fields of *s. */
 	void (*stats)(void *eng, oc_store_stats_t *s);
+
+	/* Optional: txn_block for a block of which only the granules set in
+	 * changed (granule bytes each) may differ from the version this
+	 * transaction's snapshot has (see storeblk_part in file.h); the
+	 * rest of buf should not be read.  NULL: txn_block is used. */
+	int (*txn_block_part)(void *eng, uint64_t id, uint64_t blk,
+			      size_t blksize, const void *buf, uint32_t changed,
+			      size_t granule);
 } oc_store_engine_ops_t;
 
 extern const oc_store_engine_ops_t _oc_store_lmdb;

@@ -9,8 +9,8 @@
  *     meta     "format" -> magic, format version, next array id, data end
  *     arrays   name -> array id, meta version (txnid), metadata
  *     ids      array id (BE) -> name
- *     blocks   (array id, blk) (BE) -> extent offset, xxh64 of the block's
- *              content, version (txnid), number of delta pages
+ *     blocks   (array id, blk) (BE) -> extent offset, version (txnid),
+ *              number of delta pages, checksums (see "Checksums")
  *     deltas   (array id, blk, first page) (BE) -> a run of 4 KiB pages that
  *              replace those of the extent (see "Page deltas")
  *     free     extent offset (BE) -> freed-at txnid, length
@@ -46,6 +46,15 @@
  * the extent, lays the deltas of the same snapshot over it and verifies the
  * checksum of the assembled block.
  *
+ * Checksums.  A block is cut in granules (one per 4 KiB page, at most 32:
+ * 64 KiB of a 2 MiB block, the core's granule of partial copy-on-write),
+ * and its record keeps the XXH3 hash of each, verified when the block is
+ * first mapped or loaded in a process.  A commit of a block that the core
+ * kept as base + written granules (txn_block_part) reads, compares and
+ * hashes only those granules: 1,000 changes of 64 KiB cost 64 MiB of
+ * hashing, not 2 GiB.  Records of format 1 and 2 (one XXH64 of the whole
+ * block) stay readable.
+ *
  * Conflicts.  At txn_begin (which holds LMDB's writer lock) the change log
  * since our snapshot is read into a sorted set; a block or metadata this
  * transaction writes that is in the set is a conflict.  Log entries older
@@ -69,8 +78,14 @@
 
 /* 2: block records carry a delta count, and the deltas database.  Stores
  * of version 1 are read (their records have no deltas) and become version
- * 2 at their first commit. */
-#define FORMAT_VERSION 2
+ * 2 at their first commit.
+ * 3: block records carry one checksum per granule (see "Checksums"), so
+ * that a commit that changes a few granules of a block hashes only those.
+ * Records of versions 1 and 2 (one XXH64 of the whole block) are read and
+ * verified as they are, and replaced by version 3 records when their block
+ * is written. */
+#define FORMAT_VERSION 3
+#define MAXGRAN 32 /* granules per block, at most (one per 4 KiB at least) */
 #define PG 4096 /* delta page size */
 #define MARK_OLD 1 /* a page with a stored delta */
 #define MARK_NEW 2 /* a page that changes now */
@@ -107,6 +122,8 @@ struct lmdb_eng {
 	unsigned char *old;     /* txn_block: the stored version of a block */
 	unsigned char *marks;   /* txn_block: MARK_* of each page */
 	size_t old_size;        /* bytes of old (marks: old_size / PG) */
+	uint64_t zero_gh;       /* checksum of a granule of zero_gs zeros */
+	size_t zero_gs;
 	struct run *runs;       /* txn_block: the stored delta runs */
 	size_t nruns, runs_cap;
 
@@ -449,9 +466,35 @@ static int eng_array_list(void *p, int (*cb)(const char *, void *), void *arg)
 	return err;
 }
 
+/* A block record: extent offset, version (txnid), delta page count, and
+ * the checksums: ngran XXH3 hashes of the granules (version 3), or, with
+ * ngran 0, hash, one XXH64 of the whole block (versions 1 and 2). */
 struct blkrec {
 	uint64_t off, hash, version, ndelta;
+	unsigned ngran;
+	uint64_t gh[MAXGRAN];
 };
+
+/* The granules of a block of blksize bytes: one per 4 KiB page, at most
+ * MAXGRAN (the core's granule, for blocks of 128 KiB and more). */
+static unsigned granules_of(size_t blksize)
+{
+	size_t n = blksize / PG;
+	return n > MAXGRAN ? MAXGRAN : n ? (unsigned)n : 1;
+}
+
+static void hash_granules(const unsigned char *buf, size_t blksize,
+			  uint32_t which, uint64_t *gh)
+{
+	unsigned n = granules_of(blksize), g;
+	size_t gs = blksize / n;
+
+	for (g = 0; g < n; g++)
+		if ((which >> g) & 1)
+			gh[g] = XXH3_64bits(buf + g * gs, gs);
+}
+
+#define ALL_GRANULES 0xffffffffu
 
 static void blk_key(unsigned char *kb, uint64_t id, uint64_t blk)
 {
@@ -478,20 +521,35 @@ static int blk_get(struct lmdb_eng *e, MDB_txn *txn, uint64_t id, uint64_t blk,
 	r->hash = _oc_get_le64((unsigned char *)v.mv_data + 8);
 	r->version = _oc_get_le64((unsigned char *)v.mv_data + 16);
 	r->ndelta = v.mv_size >= 32 ? _oc_get_le64((unsigned char *)v.mv_data + 24) : 0;
+	r->ngran = 0;
+	if (v.mv_size > 32) {
+		const unsigned char *b = v.mv_data;
+		r->ngran = _oc_get_le32(b + 32);
+		if (r->ngran == 0 || r->ngran > MAXGRAN ||
+		    v.mv_size != 40 + 8 * (size_t)r->ngran)
+			return OC_ECORRUPT;
+		for (unsigned g = 0; g < r->ngran; g++)
+			r->gh[g] = _oc_get_le64(b + 40 + 8 * g);
+	}
 	return 0;
 }
 
 static int blk_put(struct lmdb_eng *e, uint64_t id, uint64_t blk,
 		   const struct blkrec *r)
 {
-	unsigned char kb[16], vb[32];
-	MDB_val k = {16, kb}, v = {32, vb};
+	unsigned char kb[16], vb[40 + 8 * MAXGRAN];
+	MDB_val k = {16, kb}, v = {40 + 8 * (size_t)r->ngran, vb};
 
+	OC_BUG_ON(r->ngran == 0 || r->ngran > MAXGRAN);
 	blk_key(kb, id, blk);
 	_oc_put_le64(vb, r->off);
-	_oc_put_le64(vb + 8, r->hash);
+	_oc_put_le64(vb + 8, 0);
 	_oc_put_le64(vb + 16, r->version);
 	_oc_put_le64(vb + 24, r->ndelta);
+	_oc_put_le32(vb + 32, r->ngran);
+	_oc_put_le32(vb + 36, 0);
+	for (unsigned g = 0; g < r->ngran; g++)
+		_oc_put_le64(vb + 40 + 8 * g, r->gh[g]);
 	return mdb_err(mdb_put(e->w, e->db_blocks, &k, &v, 0));
 }
 
@@ -631,8 +689,21 @@ static void set_verified(struct lmdb_eng *e, const struct blkrec *r)
 static int verify(struct lmdb_eng *e, const struct blkrec *r, const void *buf,
 		  size_t blksize)
 {
+	bool ok = true;
+
 	CNT(e, n_verified);
-	if (XXH64(buf, blksize, 0) != r->hash) {
+	if (r->ngran) {
+		uint64_t gh[MAXGRAN];
+		if (r->ngran != granules_of(blksize))
+			ok = false;
+		else
+			hash_granules(buf, blksize, ALL_GRANULES, gh);
+		for (unsigned g = 0; ok && g < r->ngran; g++)
+			ok = gh[g] == r->gh[g];
+	} else {
+		ok = XXH64(buf, blksize, 0) == r->hash;
+	}
+	if (!ok) {
 		CNT(e, n_corrupt);
 		return OC_ECORRUPT;
 	}
@@ -1060,19 +1131,13 @@ static int alloc_extent(struct lmdb_eng *e, uint64_t len, uint64_t *off)
 /* Store block (id, blk), which has the stored version *old, as page deltas
  * if few enough pages change: *whole is then false and the block record is
  * updated; else *whole is true and nothing is written. */
-static int store_delta(struct lmdb_eng *e, uint64_t id, uint64_t blk,
-		       size_t blksize, const unsigned char *buf,
-		       const struct blkrec *old, bool *whole)
+/* Read the stored version of block (id, blk), *old, as this transaction
+ * sees it (that is our snapshot's, or there was a conflict) into e->old,
+ * and set e->marks to MARK_OLD for its delta pages. */
+static int old_buffers(struct lmdb_eng *e, size_t blksize)
 {
-	uint64_t np = blksize / PG, nold, nu = 0, written = 0, p, s;
-	unsigned char kb[24];
-	MDB_val k = {24, kb}, v;
-	struct blkrec r;
-	int err;
+	uint64_t np = blksize / PG;
 
-	*whole = true;
-	if (np < 4)
-		return 0; /* a quarter of the block is less than a page */
 	if (e->old_size < blksize) {
 		unsigned char *o = malloc(blksize), *m = malloc(np);
 		if (!o || !m) {
@@ -1086,24 +1151,146 @@ static int store_delta(struct lmdb_eng *e, uint64_t id, uint64_t blk,
 		e->marks = m;
 		e->old_size = blksize;
 	}
-	/* The stored version, as this transaction sees it: that is our
-	 * snapshot's, or there was a conflict. */
+	memset(e->marks, 0, np);
+	return 0;
+}
+
+static int read_old(struct lmdb_eng *e, uint64_t id, uint64_t blk,
+		    size_t blksize, const struct blkrec *old)
+{
+	uint64_t nold;
+	int err = old_buffers(e, blksize);
+
+	if (err)
+		return err;
 	err = _oc_os_pread_all(e->datafd, e->old, blksize, old->off);
 	if (err)
 		return err == -EIO ? OC_ECORRUPT : err;
-	memset(e->marks, 0, np);
 	if (old->ndelta) {
 		err = deltas_apply(e, e->w, id, blk, blksize, e->old, true, &nold);
 		if (!err && nold != old->ndelta)
 			err = OC_ECORRUPT;
+	}
+	return err;
+}
+
+/* Whether a granule of the core's (granule bytes, bit i of changed) that
+ * meets bytes [off, off+len) of the block changed. */
+static bool any_changed(uint32_t changed, size_t granule, size_t off, size_t len)
+{
+	for (size_t b = off / granule; b <= (off + len - 1) / granule; b++)
+		if ((changed >> b) & 1)
+			return true;
+	return false;
+}
+
+/* The new version of a block of which only the granules in changed may
+ * differ from the stored one, *old, into e->old, with MARK_NEW in e->marks
+ * for the pages that really changed, and its checksums into nr->gh.  When
+ * old has granule checksums and no deltas, only the changed granules are
+ * read and hashed (*partial: the rest of e->old is not filled); else the
+ * whole block is. */
+static int assemble_part(struct lmdb_eng *e, uint64_t id, uint64_t blk,
+			 size_t blksize, const unsigned char *buf,
+			 uint32_t changed, size_t granule,
+			 const struct blkrec *old, struct blkrec *nr,
+			 bool *partial)
+{
+	unsigned n = granules_of(blksize), g;
+	size_t gs = blksize / n, p;
+	uint32_t touched = 0;
+	int err;
+
+	*partial = old->ngran == n && !old->ndelta;
+	if (*partial) {
+		err = old_buffers(e, blksize);
+		for (g = 0; !err && g < n; g++)
+			if (any_changed(changed, granule, g * gs, gs))
+				err = _oc_os_pread_all(e->datafd, e->old + g * gs,
+						       gs, old->off + g * gs);
+		if (err == -EIO)
+			err = OC_ECORRUPT;
+	} else {
+		err = read_old(e, id, blk, blksize, old);
+	}
+	if (err)
+		return err;
+	for (p = 0; p < blksize / PG; p++) {
+		if (!any_changed(changed, granule, p * PG, PG) ||
+		    !memcmp(buf + p * PG, e->old + p * PG, PG))
+			continue;
+		memcpy(e->old + p * PG, buf + p * PG, PG);
+		e->marks[p] |= MARK_NEW;
+		touched |= (uint32_t)1 << (p * PG / gs);
+	}
+	nr->ngran = n;
+	if (*partial) {
+		memcpy(nr->gh, old->gh, n * sizeof *nr->gh);
+		hash_granules(e->old, blksize, touched, nr->gh);
+	} else {
+		hash_granules(e->old, blksize, ALL_GRANULES, nr->gh);
+	}
+	return 0;
+}
+
+/* Fill the granules of e->old that assemble_part did not read. */
+static int complete_part(struct lmdb_eng *e, size_t blksize, uint32_t changed,
+			 size_t granule, const struct blkrec *old)
+{
+	unsigned n = granules_of(blksize), g;
+	size_t gs = blksize / n;
+	int err = 0;
+
+	for (g = 0; !err && g < n; g++)
+		if (!any_changed(changed, granule, g * gs, gs))
+			err = _oc_os_pread_all(e->datafd, e->old + g * gs, gs,
+					       old->off + g * gs);
+	return err == -EIO ? OC_ECORRUPT : err;
+}
+
+/* Whether the block whose granule checksums are gh may be all zeros. */
+static bool maybe_zero(struct lmdb_eng *e, size_t blksize, const uint64_t *gh)
+{
+	unsigned n = granules_of(blksize), g;
+	size_t gs = blksize / n;
+
+	if (e->zero_gs != gs) {
+		unsigned char *z = calloc(1, gs);
+		if (!z)
+			return true; /* the caller checks the bytes */
+		e->zero_gh = XXH3_64bits(z, gs);
+		e->zero_gs = gs;
+		free(z);
+	}
+	for (g = 0; g < n; g++)
+		if (gh[g] != e->zero_gh)
+			return false;
+	return true;
+}
+
+static int store_delta(struct lmdb_eng *e, uint64_t id, uint64_t blk,
+		       size_t blksize, const unsigned char *buf,
+		       const struct blkrec *old, bool marked, struct blkrec *r,
+		       bool *whole)
+{
+	uint64_t np = blksize / PG, nu = 0, written = 0, p, s;
+	unsigned char kb[24];
+	MDB_val k = {24, kb}, v;
+	int err;
+
+	*whole = true;
+	if (np < 4)
+		return 0; /* a quarter of the block is less than a page */
+	if (!marked) {
+		err = read_old(e, id, blk, blksize, old);
 		if (err)
 			return err;
+		for (p = 0; p < np; p++)
+			if (memcmp(buf + p * PG, e->old + p * PG, PG))
+				e->marks[p] |= MARK_NEW;
 	}
-	for (p = 0; p < np; p++) {
-		if (memcmp(buf + p * PG, e->old + p * PG, PG))
-			e->marks[p] |= MARK_NEW;
+	for (p = 0; p < np; p++)
 		nu += e->marks[p] != 0;
-	}
 	if (nu * 4 > np)
 		return 0; /* fold */
 
@@ -1135,11 +1322,10 @@ static int store_delta(struct lmdb_eng *e, uint64_t id, uint64_t blk,
 			return err;
 		written += p - s;
 	}
-	r.off = old->off;
-	r.hash = XXH64(buf, blksize, 0);
-	r.version = e->w_id;
-	r.ndelta = nu;
-	err = blk_put(e, id, blk, &r);
+	r->off = old->off;
+	r->version = e->w_id;
+	r->ndelta = nu;
+	err = blk_put(e, id, blk, r);
 	if (err)
 		return err;
 	__atomic_add_fetch(&e->n_dpages, written, __ATOMIC_RELAXED);
@@ -1148,14 +1334,17 @@ static int store_delta(struct lmdb_eng *e, uint64_t id, uint64_t blk,
 	return 0;
 }
 
-static int eng_txn_block(void *p, uint64_t id, uint64_t blk, size_t blksize,
-			 const void *buf)
+/* Store a block version; with granule != 0, only the granules in changed
+ * may differ from the stored version (txn_block_part), and only those are
+ * read from buf. */
+static int txn_block(struct lmdb_eng *e, uint64_t id, uint64_t blk,
+		     size_t blksize, const void *buf, uint32_t changed,
+		     size_t granule)
 {
-	struct lmdb_eng *e = p;
 	struct blkrec old, r;
 	unsigned char kb[16];
 	MDB_val k = {16, kb};
-	bool whole = true;
+	bool whole = true, partial = false, zero;
 	int had, err;
 
 	OC_BUG_ON(!e->w);
@@ -1173,19 +1362,50 @@ static int eng_txn_block(void *p, uint64_t id, uint64_t blk, size_t blksize,
 		return had;
 	had = !had;
 	blk_key(kb, id, blk);
-	if (_oc_all_zero(buf, blksize)) {
+	if (granule && had && blksize / PG >= 4) {
+		/* The new version is assembled in e->old from the stored one
+		 * and the changed granules. */
+		err = assemble_part(e, id, blk, blksize, buf, changed, granule,
+				    &old, &r, &partial);
+		if (err)
+			return err;
+		buf = e->old;
+		zero = maybe_zero(e, blksize, r.gh);
+		if (zero && partial) {
+			err = complete_part(e, blksize, changed, granule, &old);
+			if (err)
+				return err;
+			partial = false;
+		}
+		zero = zero && _oc_all_zero(buf, blksize);
+	} else {
+		granule = 0;
+		zero = _oc_all_zero(buf, blksize);
+		if (!zero) {
+			r.ngran = granules_of(blksize);
+			hash_granules(buf, blksize, ALL_GRANULES, r.gh);
+		}
+	}
+	if (zero) {
 		CNT(e, n_zeroed);
 		if (!had)
 			return 0;
 		err = mdb_err(mdb_del(e->w, e->db_blocks, &k, NULL));
 	} else {
 		if (had) {
-			err = store_delta(e, id, blk, blksize, buf, &old, &whole);
+			err = store_delta(e, id, blk, blksize, buf, &old,
+					  granule != 0, &r, &whole);
 			if (err)
 				return err;
 		}
 		if (!whole)
 			return log_put(e, id, blk);
+		if (partial) {
+			/* Folded: the whole block is written. */
+			err = complete_part(e, blksize, changed, granule, &old);
+			if (err)
+				return err;
+		}
 		err = alloc_extent(e, blksize, &r.off);
 		if (err)
 			return err;
@@ -1197,7 +1417,6 @@ static int eng_txn_block(void *p, uint64_t id, uint64_t blk, size_t blksize,
 		CNT(e, n_stored);
 		if (had)
 			CNT(e, n_folded);
-		r.hash = XXH64(buf, blksize, 0);
 		r.version = e->w_id;
 		r.ndelta = 0;
 		err = blk_put(e, id, blk, &r);
@@ -1209,6 +1428,22 @@ static int eng_txn_block(void *p, uint64_t id, uint64_t blk, size_t blksize,
 	if (!err)
 		err = log_put(e, id, blk);
 	return err;
+}
+
+static int eng_txn_block(void *p, uint64_t id, uint64_t blk, size_t blksize,
+			 const void *buf)
+{
+	return txn_block(p, id, blk, blksize, buf, 0, 0);
+}
+
+static int eng_txn_block_part(void *p, uint64_t id, uint64_t blk,
+			      size_t blksize, const void *buf, uint32_t changed,
+			      size_t granule)
+{
+	if (!granule || granule % PG || blksize % granule ||
+	    blksize / granule > 32)
+		granule = 0; /* not what the core gives: take the whole block */
+	return txn_block(p, id, blk, blksize, buf, changed, granule);
 }
 
 static int eng_txn_commit(void *p)
@@ -1327,4 +1562,5 @@ const oc_store_engine_ops_t _oc_store_lmdb = {
 	.txn_abort = eng_txn_abort,
 	.snapshot_renew = eng_snapshot_renew,
 	.stats = eng_stats,
+	.txn_block_part = eng_txn_block_part,
 };

@@ -757,6 +757,84 @@ out:
 	free(model);
 }
 
+
+/* ---- partial copy-on-write through the store ---------------------------------- */
+
+/* Blocks mapped from the store and then written here and there are kept
+ * as patched pages (their base plus the granules written); commit stores
+ * only the granules' changed pages, and hashes only those granules. */
+static void test_partial(const char *path)
+{
+	oc_store_t *s = sopen(path, OC_STORE_CREATE);
+	oc_array_meta_t m = meta1(DN, NULL);
+	oc_store_stats_t s0, ss;
+	oc_ram_stats_t r0, rs;
+	uint64_t *model = calloc(DN, BS);
+	struct view v = {0};
+	int ok;
+
+	CHECK(s && model, "partial test: create a store");
+	if (!s || !model || oc_store_create(s, "p", &m) || view_open(s, "p", DN, &v))
+		goto out;
+	for (uint64_t b = 0; b < DN - 1; b++)
+		for (uint64_t pg = 0; pg < BS / 4096; pg++)
+			page_set(&v, model, b, pg, b * 100 + pg + 1);
+	/* the last block holds data in its first page only */
+	page_set(&v, model, DN - 1, 0, 4242);
+	CHECK_EQ(oc_store_commit(s), 0, "commit");
+	view_close(&v);
+	oc_store_close(s);
+
+	/* reopened: the blocks are mapped from the store, then patched */
+	s = sopen(path, 0);
+	if (!s || view_open(s, "p", DN, &v))
+		goto out;
+	CHECK(same(&v, model, DN), "reopened: the data");
+	oc_store_stats(s, &s0);
+	oc_ram_stats(ram, &r0);
+	for (uint64_t b = 0; b < DN - 1; b++)
+		page_set(&v, model, b, 3, 5000 + b);
+	page_set(&v, model, 7, 9, 5555);          /* a second granule of block 7 */
+	for (uint64_t w = 0; w < PW; w++)         /* block 7, page 11: unchanged */
+		v.p[7 * W + 11 * PW + w] = model[7 * W + 11 * PW + w];
+	for (uint64_t w = 0; w < PW; w++)         /* the last block: zeros now */
+		v.p[(DN - 1) * W + w] = model[(DN - 1) * W + w] = 0;
+	oc_ram_stats(ram, &rs);
+	CHECK(rs.patched_pages == DN && rs.granule_copies - r0.granule_copies == DN + 2 &&
+	      rs.cow_copies == r0.cow_copies,
+	      "%u blocks patched, %u granules copied (%llu, %llu)", DN, DN + 2,
+	      (unsigned long long)rs.patched_pages,
+	      (unsigned long long)(rs.granule_copies - r0.granule_copies));
+	CHECK_EQ(oc_store_commit(s), 0, "commit the patched blocks");
+	oc_store_stats(s, &ss);
+	CHECK_EQ(ss.delta_pages_written - s0.delta_pages_written, DN,
+		 "one delta page per changed page (the unchanged write is not one)");
+	CHECK_EQ(ss.bytes_written - s0.bytes_written, DN * 4096, "that many bytes");
+	CHECK(ss.blocks_stored == s0.blocks_stored && ss.blocks_folded == 0,
+	      "no block written whole");
+	CHECK_EQ(ss.blocks_zeroed - s0.blocks_zeroed, 1,
+		 "the block that became zeros through one granule is deleted");
+	oc_ram_stats(ram, &rs);
+	CHECK(rs.patched_pages == 0 && rs.dirty_pages == 0, "nothing dirty after commit");
+	CHECK(same(&v, model, DN), "the data after commit");
+	view_close(&v);
+	oc_store_close(s);
+
+	/* reopened: every block verifies against its granule checksums */
+	s = sopen(path, 0);
+	if (!s || view_open(s, "p", DN, &v))
+		goto out;
+	ok = same(&v, model, DN);
+	oc_store_stats(s, &ss);
+	CHECK(ok && ss.corrupt == 0 && ss.verified == DN - 1 && ss.holes >= 1,
+	      "reopened: data, %llu verified, %llu holes",
+	      (unsigned long long)ss.verified, (unsigned long long)ss.holes);
+	view_close(&v);
+	oc_store_close(s);
+out:
+	free(model);
+}
+
 /* ---- bad input ----------------------------------------------------------------- */
 
 static void test_bad_input(const char *path)
@@ -956,6 +1034,8 @@ int main(void)
 	path_of(p, sizeof p, "deltas");
 	path_of(c, sizeof c, "deltascopy");
 	test_deltas(p, c);
+	path_of(p, sizeof p, "partial");
+	test_partial(p);
 	path_of(p, sizeof p, "crash");
 	test_crash(p);
 	rm_tree(base);
