@@ -977,7 +977,7 @@ static int fault_page(struct oc_vma *v, uintptr_t addr, int write,
 	if (!p) {
 		/* Read ahead on the base layer when the previous block is
 		 * mapped here: a sequential scan. */
-		uint64_t ahead = 0;
+		uint64_t ahead = 0, rest = v->pglen - idx - 1;
 		if (!write && idx > 0 && fh->file->ops->mapblk &&
 		    oc_pagemap_get(&v->maps, idx - 1)) {
 			ahead = READAHEAD_BYTES >> ram->pageshift;
@@ -985,9 +985,19 @@ static int fault_page(struct oc_vma *v, uintptr_t addr, int write,
 				ahead = 63;
 			if (ahead > (ram->budget >> ram->pageshift) / 4)
 				ahead = (ram->budget >> ram->pageshift) / 4;
-			if (ahead > v->pglen - idx - 1)
-				ahead = v->pglen - idx - 1;
+		} else if (!write && fh->file->ops->mapblk) {
+			/* A random read with room in the budget: map the
+			 * blocks that follow too (without filling page
+			 * tables: they cost only when touched), so that a
+			 * working set that fits takes a signal per 64
+			 * blocks, not per block. */
+			uint64_t used = _oc_ram_used(ram) >> ram->pageshift,
+				 room = ram->budget >> ram->pageshift;
+			room = room > used + 1 ? room - used - 1 : 0;
+			ahead = room < 63 ? room : 63;
 		}
+		if (ahead > rest)
+			ahead = rest;
 		return load_page(fh, blk, ahead);
 	}
 	if (p->state == PAGE_LOADING) {
@@ -1045,7 +1055,7 @@ static int fault_page(struct oc_vma *v, uintptr_t addr, int write,
 				break;
 			run[n++] = q;
 		}
-		err = map_run(v, run, n, PROT_READ, seq || n > 1);
+		err = map_run(v, run, n, PROT_READ, seq);
 		for (i = n; i-- > 1;)
 			lru_touch(run[i]);
 	} else {

@@ -782,11 +782,18 @@ static void test_plainfile(void)
 	st0 = stats(ram);
 	CHECK(tf_is_pattern(a, ps, 0, 1), "block 0 reads the file");
 	st1 = stats(ram);
-	CHECK_EQ(st1.base_maps - st0.base_maps, 1, "through the base layer");
+	/* the budget holds the whole mapping: the blocks that follow are
+	 * mapped too, up to the partial block 4 */
+	CHECK_EQ(st1.base_maps - st0.base_maps, 4,
+		 "through the base layer, with the following full blocks");
 	CHECK_EQ(st1.loads - st0.loads, 0, "without a loadblk copy");
-	CHECK_EQ(st1.base_blocks, 1, "stats.base_blocks 1");
+	CHECK_EQ(st1.base_blocks, 4, "stats.base_blocks 4");
 	CHECK_EQ(st1.ram_pages, 0, "no RAM page used");
-	CHECK_EQ(st1.used, ps, "used counts the base-mapped block");
+	CHECK_EQ(st1.used, 4 * ps, "used counts the base-mapped blocks");
+	CHECK_EQ(stats(ram).faults - st0.faults, 1, "one fault");
+	CHECK(tf_is_pattern(a + 3 * ps, ps, 3, 1) &&
+	      stats(ram).faults - st0.faults == 1 && stats(ram).base_maps - st0.base_maps == 4,
+	      "block 3 reads the file with no fault (mapped with block 0)");
 	ok = tf_is_pattern(a + 4 * ps, ps / 2, 4, 1);
 	for (size_t i = n / 2; i < n; i++)
 		ok &= *tf_at(a, ps, 4, i) == 0;
