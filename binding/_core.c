@@ -469,7 +469,7 @@ static PyObject *RAM_stats(RAMObject *self, PyObject *unused)
 	if (err)
 		return raise_code(err, "RAM.stats()");
 	return Py_BuildValue(
-		"{sKsKsKsKsKsKsKsKsKsKsKsKsKsKsKsKsKsKsK}",
+		"{sKsKsKsKsKsKsKsKsKsKsKsKsKsKsKsKsKsKsKsKsKsKsK}",
 		"budget", (unsigned long long)st.budget,
 		"pagesize", (unsigned long long)st.pagesize,
 		"used", (unsigned long long)st.used,
@@ -488,7 +488,11 @@ static PyObject *RAM_stats(RAMObject *self, PyObject *unused)
 		"write_faults", (unsigned long long)st.write_faults,
 		"reclaims", (unsigned long long)st.reclaims,
 		"map_reclaims", (unsigned long long)st.map_reclaims,
-		"overbudget", (unsigned long long)st.overbudget);
+		"overbudget", (unsigned long long)st.overbudget,
+		"patched_pages", (unsigned long long)st.patched_pages,
+		"patch_bytes", (unsigned long long)st.patch_bytes,
+		"granule_copies", (unsigned long long)st.granule_copies,
+		"patch_unmaps", (unsigned long long)st.patch_unmaps);
 }
 
 static PyObject *RAM_reclaim(RAMObject *self, PyObject *args)
@@ -528,7 +532,10 @@ static PyMethodDef RAM_methods[] = {
 	 "used, used_max, ram_pages, dirty_pages, base_blocks, loads, "
 	 "load_errors, stores, store_errors, base_maps, cow_copies, "
 	 "zero_fills, faults, "
-	 "write_faults, reclaims, map_reclaims, overbudget."},
+	 "write_faults, reclaims, map_reclaims, overbudget; patched_pages "
+	 "(dirty base-layer blocks kept as their base plus the granules "
+	 "written), patch_bytes (those granules), granule_copies, "
+	 "patch_unmaps."},
 	{"reclaim", (PyCFunction)RAM_reclaim, METH_VARARGS,
 	 "reclaim(n=all) -> int\n\nReclaim up to n clean pages (and "
 	 "base-mapped blocks), least recently used first, regardless of the "

@@ -471,7 +471,8 @@ class Store:
         out = {
             "budget": r["budget"],
             "ram_used": r["used"],
-            "dirty_bytes": r["dirty_pages"] * r["pagesize"],
+            "dirty_bytes": ((r["dirty_pages"] - r["patched_pages"]) * r["pagesize"]
+                            + r["patch_bytes"]),
             "loads": r["loads"] + r["base_maps"],
             "stores": r["stores"],
             "reclaims": r["reclaims"] + r["map_reclaims"],

@@ -305,6 +305,7 @@ int oc_ram_stats(oc_ram_t *ram, oc_ram_stats_t *st)
 	st->dirty_pages = ram->dirty_pages;
 	st->base_blocks = ram->base_blocks;
 	st->patched_pages = ram->patched_pages;
+	st->patch_bytes = ram->sub_bytes;
 	_oc_unlock();
 	return 0;
 }

@@ -116,6 +116,7 @@ typedef struct oc_ram_stats {
 	uint64_t overbudget;   /* allocations made over the budget (only dirty left) */
 	uint64_t patched_pages;  /* dirty base-layer blocks kept as the base plus
 				    their written granules (partial copy-on-write) */
+	uint64_t patch_bytes;    /* bytes of the granules those hold */
 	uint64_t granule_copies; /* granules copied to RAM on first write */
 	uint64_t patch_unmaps;   /* patched blocks unmapped for the budget */
 } oc_ram_stats_t;
