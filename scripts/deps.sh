@@ -9,6 +9,9 @@
 # what is missing.  As a non-root user with something missing it prints the
 # command to run and exits 1.
 #
+# python3-dask and python3-distributed: the test that runs a Dask
+# LocalCluster over a PostgreSQL store.
+#
 # `deps.sh bench` also installs what the benchmarks compare against
 # (python3-zarr, python3-h5py).
 #
@@ -22,7 +25,7 @@ build-essential gcc make pkg-config git
 libasan8 libubsan1 libtsan2
 valgrind
 python3 python3-dev python3-numpy python3-pytest python3-hypothesis
-python3-setuptools python3-psutil
+python3-setuptools python3-psutil python3-dask python3-distributed
 liblmdb-dev libxxhash-dev libpq-dev postgresql
 "
 if [ "${1:-}" = bench ]; then

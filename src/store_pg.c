@@ -37,7 +37,8 @@
  * block or metadata we write that is in it is a conflict (OC_ECONFLICT),
  * as are PostgreSQL's serialization failures and deadlocks (40001, 40P01).
  * Blocks are streamed with COPY ... FROM STDIN (FORMAT binary) into a temp
- * table (all-zero blocks as NULL data: deleted), then merged into
+ * table (made once per session, outside the transactions, uncompressed;
+ * all-zero blocks as NULL data: deleted), then merged into
  * outcore_blocks with one DELETE and one INSERT ... ON CONFLICT, and logged
  * with one INSERT ... SELECT: a constant number of round trips per commit.
  * COMMIT is the one commit point (durable with the server's default
@@ -45,13 +46,38 @@
  *
  * Errors.  Connection and server errors give OC_ESTOREIO with the SQLSTATE
  * and the server's primary message as the thread's error detail (never the
- * connection string).  A lost write connection is reset at the next
- * txn_begin, a lost read connection at the next snapshot_renew: a
- * snapshot cannot survive its connection, so loads fail until then.
+ * connection string: the server is named by host, port and database).
+ *
+ * Lost connections (a server restart, a network failure).  The engine
+ * notices a loss when a call fails on a connection that libpq then reports
+ * CONNECTION_BAD (or with SQLSTATE class 08 / 57P0x); the next call on that
+ * connection reconnects (PQreset, same parameters), RECONNECT_TRIES times
+ * at most with growing pauses, and gives OC_ESTOREIO if that fails.
+ *   Writes.  The call that meets the loss fails (txn_begin, txn_array,
+ *   txn_block, txn_commit: the commit fails, nothing is committed, the
+ *   store layer keeps the dirty pages); a retry reconnects.  The retry
+ *   checks conflicts against the transaction's own snapshot (snap_id is
+ *   kept until snapshot_renew), from the change log, which holds every
+ *   commit since.  A loss during COMMIT itself leaves the outcome unknown:
+ *   the transaction's xid is kept, and the retry, holding the writer lock
+ *   (so the old transaction has ended), asks txid_status(): aborted, the
+ *   retry goes on; committed, every retry fails saying so until the next
+ *   snapshot (abort shows the data), so a change is never applied twice.
+ *   Reads.  The snapshot lived in the lost connection's transaction.  The
+ *   read that meets the loss reconnects and begins a snapshot again; if
+ *   nobody committed since snap_id it is the same snapshot and reads go on
+ *   as before.  Otherwise blocks that others changed since snap_id (the
+ *   change log tells which: `stale`) cannot be read any more and fail,
+ *   other blocks read the same bytes as before, and metadata reads fail
+ *   (a name's absence cannot be checked against the old snapshot) until
+ *   the next snapshot_renew.  A read that cannot reconnect fails and
+ *   prints one line naming the server (once until reconnected): inside a
+ *   page fault the core retries and then stops the process naming the
+ *   array and block.  (A load in a page fault may run on a small signal
+ *   stack: reconnecting then runs on a thread of its own.)
  *
  * Not done in this first cut: page deltas (blocks are always written
- * whole), pruning of outcore_log, bounded retries with reconnection for
- * loads inside page faults, verified-once tracking (every load is
+ * whole), pruning of outcore_log, verified-once tracking (every load is
  * verified), read-only server-side enforcement.
  */
 #include "internal.h"
@@ -59,33 +85,48 @@
 
 #include <errno.h>
 #include <libpq-fe.h>
+#include <signal.h>
 #include <string.h>
+#include <time.h>
 #include <xxhash.h>
 
 #define FORMAT_VERSION 1
 #define MAGIC "outcore-store"
+/* Connection attempts per call after a loss, and the first pause between
+ * them (doubled each time). */
+#define RECONNECT_TRIES 3
+#define RECONNECT_PAUSE_MS 100
 
 struct pg_eng {
 	PGconn *rc;             /* read connection: the snapshot */
 	PGconn *wc;             /* write connection */
 	int flags;
 
-	pthread_mutex_t mu;     /* guards rc and snap_id */
-	uint64_t snap_id;
+	/* mu guards rc and the fields up to warned. */
+	pthread_mutex_t mu;
+	uint64_t snap_id;       /* the transaction's snapshot (the seq it saw) */
+	bool rc_bad;            /* rc holds no usable snapshot transaction */
+	bool rc_moved;          /* rc's snapshot is newer than snap_id */
+	struct oc_se_blkref *stale; /* sorted: changed in (snap_id, rc's] */
+	size_t nstale;
+	bool warned;            /* the loss of rc was printed */
 
 	bool in_w, copying, any_blocks;
-	uint64_t w_id, next_id;
+	bool have_tmp;          /* wc's session has outcore_tmp */
+	uint64_t w_id, w_xid, next_id;
 	struct oc_se_blkref *changed; /* sorted: changed by others since snap */
 	size_t nchanged;
 	uint64_t last_commit;
+	/* A COMMIT whose connection was lost: outcome unknown (xid uk_xid)
+	 * until checked; uk_made: checked, it was made. */
+	bool uk, uk_made;
+	uint64_t uk_xid;
 
 	uint64_t n_stored, n_zeroed, n_bytes, n_loads, n_holes, n_verified,
 		n_corrupt;
 };
 
 #define CNT(e, f) __atomic_add_fetch(&(e)->f, 1, __ATOMIC_RELAXED)
-
-/* ---- encoding ------------------------------------------------------------ */
 
 /* ---- libpq helpers ------------------------------------------------------- */
 
@@ -95,24 +136,55 @@ static void no_notice(void *arg, const char *msg)
 	(void)msg;
 }
 
+/* The server of c for messages: host:port/database (no credentials). */
+static const char *server(PGconn *c, char *buf, size_t n)
+{
+	const char *h = PQhost(c), *p = PQport(c), *d = PQdb(c);
+
+	snprintf(buf, n, "%s:%s/%s", h && *h ? h : "?", p && *p ? p : "?",
+		 d && *d ? d : "?");
+	return buf;
+}
+
+/* The first line of a libpq message (for details of one line). */
+static int line_len(const char *m)
+{
+	return m ? (int)strcspn(m, "\n") : 0;
+}
+
+/* Whether a failure (r may be NULL) means that the connection is gone:
+ * closed by the server (shutdown, restart, terminated) or unreachable. */
+static bool conn_lost(PGconn *c, PGresult *r)
+{
+	const char *state = r ? PQresultErrorField(r, PG_DIAG_SQLSTATE) : NULL;
+
+	if (PQstatus(c) != CONNECTION_OK)
+		return true;
+	return state && (!strncmp(state, "08", 2) || !strncmp(state, "57P0", 4));
+}
+
 /* The error of a failed result (r may be NULL: a connection failure), as
  * an outcore code, with a detail that names no credential. */
 static int pg_err(PGconn *c, PGresult *r)
 {
 	const char *state = r ? PQresultErrorField(r, PG_DIAG_SQLSTATE) : NULL;
 	const char *msg = r ? PQresultErrorField(r, PG_DIAG_MESSAGE_PRIMARY) : NULL;
+	char where[160];
 
 	if (state && (!strcmp(state, "40001") || !strcmp(state, "40P01"))) {
 		oc_set_error_detail("postgresql: serialization failure (%s)", state);
 		return OC_ECONFLICT;
 	}
-	if (PQstatus(c) != CONNECTION_OK)
-		oc_set_error_detail("postgresql: connection to %s:%s lost",
-				    PQhost(c) ? PQhost(c) : "?",
-				    PQport(c) ? PQport(c) : "?");
-	else
+	if (conn_lost(c, r)) {
+		if (!msg)
+			msg = PQerrorMessage(c);
+		oc_set_error_detail("postgresql server %s: connection lost (%.*s)",
+				    server(c, where, sizeof where), line_len(msg),
+				    msg);
+	} else {
 		oc_set_error_detail("postgresql: %s%s%s", state ? state : "",
 				    state ? ": " : "", msg ? msg : "query failed");
+	}
 	return OC_ESTOREIO;
 }
 
@@ -174,7 +246,7 @@ static int pg_connect(PGconn **out, const char *conninfo)
 		/* libpq's message names host and port, never the password. */
 		const char *m = PQerrorMessage(c);
 		oc_set_error_detail("postgresql: cannot connect: %.*s",
-				    (int)strcspn(m, "\n"), m);
+				    line_len(m), m);
 		PQfinish(c);
 		return OC_ESTOREIO;
 	}
@@ -183,14 +255,104 @@ static int pg_connect(PGconn **out, const char *conninfo)
 	return 0;
 }
 
-/* Reset a connection that was lost. */
-static int revive(PGconn *c)
+/* Connect c again after a loss (PQreset: the same parameters; the notice
+ * processor stays): RECONNECT_TRIES attempts with growing pauses.  Returns
+ * 0 or OC_ESTOREIO with the detail. */
+static int reconnect_here(PGconn *c)
 {
-	if (PQstatus(c) == CONNECTION_OK)
-		return 0;
-	PQreset(c);
-	if (PQstatus(c) != CONNECTION_OK)
-		return pg_err(c, NULL);
+	char where[160];
+	const char *m;
+
+	for (int i = 0; i < RECONNECT_TRIES; i++) {
+		if (i) {
+			long ms = (long)RECONNECT_PAUSE_MS << (i - 1);
+			struct timespec ts = {ms / 1000, ms % 1000 * 1000000L};
+			nanosleep(&ts, NULL);
+		}
+		PQreset(c);
+		if (PQstatus(c) == CONNECTION_OK)
+			return 0;
+	}
+	m = PQerrorMessage(c);
+	oc_set_error_detail("postgresql server %s: connection lost; %d attempts "
+			    "to reconnect failed (%.*s)",
+			    server(c, where, sizeof where), RECONNECT_TRIES,
+			    line_len(m), m);
+	return OC_ESTOREIO;
+}
+
+struct reconnect_call {
+	PGconn *c;
+	int err;
+	char detail[256];
+};
+
+static void *reconnect_thread(void *p)
+{
+	struct reconnect_call *call = p;
+
+	call->err = reconnect_here(call->c);
+	if (call->err)
+		snprintf(call->detail, sizeof call->detail, "%s", oc_error_detail());
+	return NULL;
+}
+
+/* reconnect_here, on a thread of its own when this one runs on its signal
+ * alternate stack: a load inside a page fault runs in the SIGSEGV handler,
+ * which may be on a small stack the application set (Python's faulthandler
+ * sets one of a few KiB), too small for connecting (name lookup, SCRAM,
+ * TLS).  The thread inherits nothing else that matters. */
+static int reconnect(PGconn *c)
+{
+	struct reconnect_call call = {c, 0, ""};
+	stack_t ss;
+	pthread_t t;
+
+	if (sigaltstack(NULL, &ss) || !(ss.ss_flags & SS_ONSTACK))
+		return reconnect_here(c);
+	if (pthread_create(&t, NULL, reconnect_thread, &call)) {
+		oc_set_error_detail("postgresql: connection lost, and no thread "
+				    "to reconnect from inside a page fault");
+		return OC_ESTOREIO;
+	}
+	pthread_join(t, NULL);
+	if (call.err)
+		oc_set_error_detail("%s", call.detail);
+	return call.err;
+}
+
+/* A sorted set of what the change log says commits (after, upto] changed
+ * (*set malloc'd, NULL when empty). */
+static int log_read(PGconn *c, uint64_t after, uint64_t upto,
+		    struct oc_se_blkref **set, size_t *n)
+{
+	unsigned char b[16];
+	const char *vals[2] = {(char *)b, (char *)b + 8};
+	int lens[2] = {8, 8}, err = 0;
+	PGresult *r;
+
+	*set = NULL;
+	*n = 0;
+	_oc_put_be64(b, after);
+	_oc_put_be64(b + 8, upto);
+	r = q(c, "SELECT array_id, blk FROM outcore_log"
+		 " WHERE seq > $1::int8 AND seq <= $2::int8", 2, vals, lens, &err);
+	if (!r)
+		return err;
+	if (PQntuples(r)) {
+		*set = malloc((size_t)PQntuples(r) * sizeof **set);
+		if (!*set) {
+			PQclear(r);
+			return -ENOMEM;
+		}
+		for (int i = 0; i < PQntuples(r); i++) {
+			(*set)[i].id = val64(r, i, 0);
+			(*set)[i].blk = val64(r, i, 1);
+		}
+		*n = (size_t)PQntuples(r);
+		qsort(*set, *n, sizeof **set, _oc_se_change_cmp);
+	}
+	PQclear(r);
 	return 0;
 }
 
@@ -246,17 +408,25 @@ static int create_schema(PGconn *c)
 
 static int check_format(PGconn *c)
 {
+	PGresult *r = PQexecParams(c, "SELECT magic, format FROM outcore_meta"
+				      " WHERE id = 1", 0, NULL, NULL, NULL, NULL, 1);
+	const char *state;
 	int err = 0;
-	PGresult *r = q(c, "SELECT magic, format FROM outcore_meta WHERE id = 1",
-			0, NULL, NULL, &err);
 
-	if (!r)
-		return err;
-	if (PQntuples(r) != 1 || PQgetlength(r, 0, 0) != (int)strlen(MAGIC) ||
-	    memcmp(PQgetvalue(r, 0, 0), MAGIC, strlen(MAGIC)) ||
-	    PQgetlength(r, 0, 1) != 4)
+	if (PQresultStatus(r) != PGRES_TUPLES_OK) {
+		/* A table of that name that is not ours (other columns). */
+		state = PQresultErrorField(r, PG_DIAG_SQLSTATE);
+		if (state && (!strcmp(state, "42703") || !strcmp(state, "42883") ||
+			      !strcmp(state, "42P01")))
+			err = OC_ENOTSTORE;
+		else
+			err = pg_err(c, r);
+	} else if (PQntuples(r) != 1 ||
+		   PQgetlength(r, 0, 0) != (int)strlen(MAGIC) ||
+		   memcmp(PQgetvalue(r, 0, 0), MAGIC, strlen(MAGIC)) ||
+		   PQgetlength(r, 0, 1) != 4) {
 		err = OC_ENOTSTORE;
-	else {
+	} else {
 		const unsigned char *v = (const unsigned char *)PQgetvalue(r, 0, 1);
 		uint32_t f = (uint32_t)v[0] << 24 | (uint32_t)v[1] << 16 |
 			     (uint32_t)v[2] << 8 | v[3];
@@ -267,15 +437,29 @@ static int check_format(PGconn *c)
 	return err;
 }
 
-/* Begin a snapshot on the read connection (mu held or not yet shared). */
-static int snap_begin(struct pg_eng *e, uint64_t *id)
+static int rc_prepare(PGconn *c)
 {
-	int err = exec0(e->rc, "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY");
+	PGresult *r = PQprepare(c, "oc_blk",
+				"SELECT hash, data FROM outcore_blocks"
+				" WHERE array_id = $1::int8 AND blk = $2::int8",
+				2, NULL);
+	int err = 0;
+
+	if (PQresultStatus(r) != PGRES_COMMAND_OK)
+		err = pg_err(c, r);
+	PQclear(r);
+	return err;
+}
+
+/* Begin a snapshot on read connection c; *id: the seq it sees. */
+static int snap_begin(PGconn *c, uint64_t *id)
+{
+	int err = exec0(c, "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY");
 	PGresult *r;
 
 	if (err)
 		return err;
-	r = q(e->rc, "SELECT seq FROM outcore_meta WHERE id = 1", 0, NULL, NULL,
+	r = q(c, "SELECT seq FROM outcore_meta WHERE id = 1", 0, NULL, NULL,
 	      &err);
 	if (!r)
 		return err;
@@ -285,6 +469,130 @@ static int snap_begin(struct pg_eng *e, uint64_t *id)
 		*id = val64(r, 0, 0);
 	PQclear(r);
 	return err;
+}
+
+/* Under mu: print once per loss that rc cannot reconnect (inside a page
+ * fault the load's error cannot say it). */
+static void rc_warn(struct pg_eng *e)
+{
+	char where[160], line[160];
+	const char *m = PQerrorMessage(e->rc);
+
+	if (e->warned)
+		return;
+	snprintf(line, sizeof line, "%.*s", line_len(m), m);
+	_oc_msg("outcore: postgresql server %s: connection lost; %d attempts to "
+		"reconnect failed: %s\n", server(e->rc, where, sizeof where),
+		RECONNECT_TRIES, line);
+	e->warned = true;
+}
+
+/* Under mu: end rc's snapshot transaction (if any) and begin a new one,
+ * reconnecting rc if it was lost, also if that shows only now.  *id: the
+ * seq the new snapshot sees.  On error rc_bad stays set. */
+static int rc_reopen(struct pg_eng *e, uint64_t *id)
+{
+	int err = 0;
+
+	e->rc_bad = true;
+	for (int pass = 0; pass < 2; pass++) {
+		bool fresh = false;
+
+		err = 0;
+		if (PQstatus(e->rc) == CONNECTION_OK &&
+		    PQtransactionStatus(e->rc) != PQTRANS_IDLE)
+			err = exec0(e->rc, "ROLLBACK");
+		if (PQstatus(e->rc) != CONNECTION_OK) {
+			err = reconnect(e->rc);
+			if (err) {
+				rc_warn(e);
+				return err;
+			}
+			e->warned = false;
+			fresh = true;
+			err = rc_prepare(e->rc);
+		}
+		if (!err)
+			err = snap_begin(e->rc, id);
+		if (!err) {
+			e->rc_bad = false;
+			return 0;
+		}
+		if (fresh || PQstatus(e->rc) == CONNECTION_OK)
+			break; /* not a loss that a reconnection mends */
+	}
+	return err;
+}
+
+/* Under mu: give rc a snapshot again after it lost the transaction's one
+ * (see "Lost connections" above): the same if nobody committed since
+ * snap_id; else a newer one (rc_moved) with what changed since in
+ * stale. */
+static int rc_recover(struct pg_eng *e)
+{
+	struct oc_se_blkref *set = NULL;
+	uint64_t id = 0;
+	size_t n = 0;
+	int err = rc_reopen(e, &id);
+
+	if (!err && id != e->snap_id)
+		err = log_read(e->rc, e->snap_id, id, &set, &n);
+	if (err) {
+		e->rc_bad = true;
+		return err;
+	}
+	free(e->stale);
+	e->stale = set;
+	e->nstale = n;
+	e->rc_moved = id != e->snap_id;
+	return 0;
+}
+
+/* Under mu: a snapshot read on rc (the prepared statement stmt, or sql),
+ * recovering rc first if it lost its snapshot, and once more if the
+ * connection turns out lost now.  Returns the result (PGRES_TUPLES_OK) or
+ * NULL with *err. */
+static PGresult *rc_query(struct pg_eng *e, const char *stmt, const char *sql,
+			  int n, const char *const *vals, const int *lens,
+			  int *err)
+{
+	static const int fmts[2] = {1, 1};
+	PGresult *r;
+	bool lost;
+
+	OC_BUG_ON(n > 2);
+	for (int attempt = 0;; attempt++) {
+		if (e->rc_bad && (*err = rc_recover(e)))
+			return NULL;
+		r = stmt ? PQexecPrepared(e->rc, stmt, n, vals, lens, fmts, 1)
+			 : PQexecParams(e->rc, sql, n, NULL, vals, lens, fmts, 1);
+		if (PQresultStatus(r) == PGRES_TUPLES_OK) {
+			if (attempt)
+				oc_set_error_detail(NULL); /* recovered */
+			return r;
+		}
+		lost = conn_lost(e->rc, r);
+		*err = pg_err(e->rc, r);
+		PQclear(r);
+		/* The snapshot transaction is unusable after any error. */
+		e->rc_bad = true;
+		if (!lost || attempt)
+			return NULL;
+	}
+}
+
+/* Under mu: metadata can be read only from the transaction's snapshot. */
+static int rc_meta_ok(struct pg_eng *e)
+{
+	char where[160];
+
+	if (!e->rc_moved)
+		return 0;
+	oc_set_error_detail("postgresql server %s: this transaction's snapshot "
+			    "was lost with the connection and others committed "
+			    "since: commit or abort to continue",
+			    server(e->rc, where, sizeof where));
+	return OC_ESTOREIO;
 }
 
 static void eng_close(void *p)
@@ -298,6 +606,7 @@ static void eng_close(void *p)
 	if (e->rc)
 		PQfinish(e->rc);
 	pthread_mutex_destroy(&e->mu);
+	free(e->stale);
 	free(e->changed);
 	free(e);
 }
@@ -306,7 +615,6 @@ static int eng_open(void **out, const char *path, int flags)
 {
 	struct pg_eng *e = calloc(1, sizeof *e);
 	bool yes = false;
-	PGresult *r;
 	int err;
 
 	if (!e)
@@ -326,16 +634,10 @@ static int eng_open(void **out, const char *path, int flags)
 		err = check_format(e->wc);
 	if (!err)
 		err = pg_connect(&e->rc, path);
-	if (err)
-		goto fail;
-	r = PQprepare(e->rc, "oc_blk",
-		      "SELECT hash, data FROM outcore_blocks"
-		      " WHERE array_id = $1::int8 AND blk = $2::int8", 2, NULL);
-	if (PQresultStatus(r) != PGRES_COMMAND_OK)
-		err = pg_err(e->rc, r);
-	PQclear(r);
 	if (!err)
-		err = snap_begin(e, &e->snap_id);
+		err = rc_prepare(e->rc);
+	if (!err)
+		err = snap_begin(e->rc, &e->snap_id);
 	if (err)
 		goto fail;
 	*out = e;
@@ -356,8 +658,12 @@ static int eng_array_get(void *p, const char *name, uint64_t *id,
 	PGresult *r;
 
 	pthread_mutex_lock(&e->mu);
-	r = q(e->rc, "SELECT id, meta FROM outcore_arrays WHERE name = $1::bytea",
-	      1, vals, lens, &err);
+	r = rc_query(e, NULL, "SELECT id, meta FROM outcore_arrays"
+			      " WHERE name = $1::bytea", 1, vals, lens, &err);
+	if (r && (err = rc_meta_ok(e))) {
+		PQclear(r);
+		r = NULL;
+	}
 	pthread_mutex_unlock(&e->mu);
 	if (!r)
 		return err;
@@ -384,8 +690,12 @@ static int eng_array_name(void *p, uint64_t id, char **name)
 
 	_oc_put_be64(b, id);
 	pthread_mutex_lock(&e->mu);
-	r = q(e->rc, "SELECT name FROM outcore_arrays WHERE id = $1::int8", 1,
-	      vals, lens, &err);
+	r = rc_query(e, NULL, "SELECT name FROM outcore_arrays WHERE id = $1::int8",
+		     1, vals, lens, &err);
+	if (r && (err = rc_meta_ok(e))) {
+		PQclear(r);
+		r = NULL;
+	}
 	pthread_mutex_unlock(&e->mu);
 	if (!r)
 		return err;
@@ -405,8 +715,12 @@ static int eng_array_list(void *p, int (*cb)(const char *, void *), void *arg)
 	int err = 0;
 
 	pthread_mutex_lock(&e->mu);
-	r = q(e->rc, "SELECT name FROM outcore_arrays ORDER BY name", 0, NULL,
-	      NULL, &err);
+	r = rc_query(e, NULL, "SELECT name FROM outcore_arrays ORDER BY name", 0,
+		     NULL, NULL, &err);
+	if (r && (err = rc_meta_ok(e))) {
+		PQclear(r);
+		r = NULL;
+	}
 	pthread_mutex_unlock(&e->mu);
 	if (!r)
 		return err;
@@ -437,19 +751,27 @@ static int eng_blk_load(void *p, uint64_t id, uint64_t blk, size_t blksize,
 	struct pg_eng *e = p;
 	unsigned char b[16];
 	const char *vals[2] = {(char *)b, (char *)b + 8};
-	int lens[2] = {8, 8}, fmts[2] = {1, 1}, err = 0;
+	int lens[2] = {8, 8}, err = 0;
+	char where[160];
 	PGresult *r;
 
 	_oc_put_be64(b, id);
 	_oc_put_be64(b + 8, blk);
 	pthread_mutex_lock(&e->mu);
-	r = PQexecPrepared(e->rc, "oc_blk", 2, vals, lens, fmts, 1);
-	pthread_mutex_unlock(&e->mu);
-	if (PQresultStatus(r) != PGRES_TUPLES_OK) {
-		err = pg_err(e->rc, r);
+	r = rc_query(e, "oc_blk", NULL, 2, vals, lens, &err);
+	if (r && _oc_se_changed(e->stale, e->nstale, id, blk)) {
+		/* This snapshot's version of the block is gone. */
 		PQclear(r);
-		return err;
+		r = NULL;
+		err = OC_ESTOREIO;
+		oc_set_error_detail("postgresql server %s: the block changed since "
+				    "this transaction's snapshot, which was lost "
+				    "with the connection: commit or abort to see "
+				    "it", server(e->rc, where, sizeof where));
 	}
+	pthread_mutex_unlock(&e->mu);
+	if (!r)
+		return err;
 	if (PQntuples(r) == 0) {
 		PQclear(r);
 		memset(buf, 0, blksize);
@@ -490,6 +812,20 @@ static bool array_changed_by_others(struct pg_eng *e, uint64_t id)
 	return false;
 }
 
+/* The detail for a commit that failed because wc was lost before COMMIT. */
+static void lost_before_commit(struct pg_eng *e)
+{
+	char where[160];
+	const char *m = PQerrorMessage(e->wc);
+
+	oc_set_error_detail("postgresql server %s: connection lost (%.*s): "
+			    "nothing was committed%s; the changes are kept: "
+			    "commit again to retry, or abort",
+			    server(e->wc, where, sizeof where), line_len(m), m,
+			    e->uk ? " now (whether the commit before was is "
+				    "checked at the retry)" : "");
+}
+
 static void eng_txn_abort(void *p)
 {
 	struct pg_eng *e = p;
@@ -510,27 +846,92 @@ static void eng_txn_abort(void *p)
 	e->nchanged = 0;
 }
 
+/* A commit of an earlier attempt lost its acknowledgement (uk): with the
+ * writer lock held (so that transaction has ended), ask the server what
+ * became of it.  0: it was not made, go on; OC_ESTOREIO: it was made (or
+ * cannot be told), so this attempt must not apply the changes again. */
+static int check_unknown(struct pg_eng *e)
+{
+	unsigned char b[8];
+	const char *vals[1] = {(char *)b};
+	int lens[1] = {8}, err = 0;
+	char where[160];
+	PGresult *r;
+
+	_oc_put_be64(b, e->uk_xid);
+	r = q(e->wc, "SELECT txid_status($1::int8)", 1, vals, lens, &err);
+	if (!r)
+		return err;
+	if (PQgetisnull(r, 0, 0) ||
+	    (PQgetlength(r, 0, 0) == 7 && !memcmp(PQgetvalue(r, 0, 0), "aborted", 7))) {
+		e->uk = false;
+	} else if (PQgetlength(r, 0, 0) == 9 &&
+		   !memcmp(PQgetvalue(r, 0, 0), "committed", 9)) {
+		e->uk = false;
+		e->uk_made = true;
+		err = OC_ESTOREIO;
+	} else {
+		err = OC_ESTOREIO;
+		oc_set_error_detail("postgresql server %s: cannot tell whether the "
+				    "commit whose connection was lost was made "
+				    "(txid_status: %.*s): abort to continue",
+				    server(e->wc, where, sizeof where),
+				    PQgetlength(r, 0, 0), PQgetvalue(r, 0, 0));
+	}
+	PQclear(r);
+	return err;
+}
+
+static void made_detail(struct pg_eng *e)
+{
+	char where[160];
+
+	oc_set_error_detail("postgresql server %s: the previous commit, whose "
+			    "acknowledgement was lost with the connection, was "
+			    "made after all: abort to continue from it",
+			    server(e->wc, where, sizeof where));
+}
+
 static int eng_txn_begin(void *p)
 {
 	struct pg_eng *e = p;
-	unsigned char b[8];
-	const char *vals[1] = {(char *)b};
-	int lens[1] = {8}, err;
+	int err;
 	PGresult *r;
 
 	if (e->flags & OC_STORE_RDONLY)
 		return OC_EREADONLY;
 	OC_BUG_ON(e->in_w);
-	err = revive(e->wc);
-	if (err)
-		return err;
+	if (e->uk_made) {
+		made_detail(e);
+		return OC_ESTOREIO;
+	}
+	if (PQstatus(e->wc) != CONNECTION_OK) {
+		err = reconnect(e->wc);
+		if (err)
+			return err;
+		e->have_tmp = false; /* a new session */
+	}
+	if (!e->have_tmp) {
+		/* The session's staging table, made outside the transaction
+		 * (a rollback would drop it).  Blocks are not compressed:
+		 * pglz is slower than the network and gains little on
+		 * numbers. */
+		err = exec0(e->wc, "CREATE TEMP TABLE IF NOT EXISTS outcore_tmp ("
+				   " array_id bigint, blk bigint, hash bigint,"
+				   " data bytea) ON COMMIT DELETE ROWS;"
+				   "ALTER TABLE outcore_tmp ALTER COLUMN data"
+				   " SET STORAGE EXTERNAL");
+		if (err)
+			goto fail;
+		e->have_tmp = true;
+	}
 	err = exec0(e->wc, "BEGIN ISOLATION LEVEL READ COMMITTED");
 	if (err)
-		return err;
+		goto fail;
 	e->in_w = true;
 	/* The writer lock: held to COMMIT. */
 	r = q(e->wc, "UPDATE outcore_meta SET seq = seq + 1 WHERE id = 1"
-		     " RETURNING seq, next_id, format", 0, NULL, NULL, &err);
+		     " RETURNING seq, next_id, txid_current()", 0, NULL, NULL, &err);
 	if (!r)
 		goto fail;
 	if (PQntuples(r) != 1) {
@@ -540,35 +941,25 @@ static int eng_txn_begin(void *p)
 	}
 	e->w_id = val64(r, 0, 0);
 	e->next_id = val64(r, 0, 1);
+	e->w_xid = val64(r, 0, 2);
 	PQclear(r);
-
-	_oc_put_be64(b, e->snap_id);
-	r = q(e->wc, "SELECT array_id, blk FROM outcore_log WHERE seq > $1::int8",
-	      1, vals, lens, &err);
-	if (!r)
-		goto fail;
-	if (PQntuples(r)) {
-		e->changed = malloc((size_t)PQntuples(r) * sizeof *e->changed);
-		if (!e->changed) {
-			PQclear(r);
-			err = -ENOMEM;
+	if (e->uk) {
+		err = check_unknown(e);
+		if (err) {
+			if (e->uk_made)
+				made_detail(e);
 			goto fail;
 		}
-		for (int i = 0; i < PQntuples(r); i++) {
-			e->changed[i].id = val64(r, i, 0);
-			e->changed[i].blk = val64(r, i, 1);
-		}
-		e->nchanged = (size_t)PQntuples(r);
-		qsort(e->changed, e->nchanged, sizeof *e->changed, _oc_se_change_cmp);
 	}
-	PQclear(r);
-	err = exec0(e->wc, "CREATE TEMP TABLE IF NOT EXISTS outcore_tmp ("
-			   " array_id bigint, blk bigint, hash bigint, data bytea)"
-			   " ON COMMIT DELETE ROWS");
+	/* Conflicts are checked against the transaction's snapshot, also on
+	 * a retry after a lost connection: the log has every commit since. */
+	err = log_read(e->wc, e->snap_id, INT64_MAX, &e->changed, &e->nchanged);
 	if (err)
 		goto fail;
 	return 0;
 fail:
+	if (err == OC_ESTOREIO && PQstatus(e->wc) != CONNECTION_OK)
+		lost_before_commit(e);
 	eng_txn_abort(e);
 	return err;
 }
@@ -808,13 +1199,29 @@ static int eng_txn_commit(void *p)
 		err = cmd(e->wc, "UPDATE outcore_meta SET next_id = $1::int8"
 				 " WHERE id = 1", 1, vals + 1, lens + 1);
 	if (err) {
+		if (err == OC_ESTOREIO && PQstatus(e->wc) != CONNECTION_OK)
+			lost_before_commit(e);
 		eng_txn_abort(e);
 		return err;
 	}
 	r = PQexec(e->wc, "COMMIT");
 	if (PQresultStatus(r) != PGRES_COMMAND_OK ||
-	    strcmp(PQcmdStatus(r), "COMMIT"))
+	    strcmp(PQcmdStatus(r), "COMMIT")) {
+		bool lost = conn_lost(e->wc, r);
 		err = pg_err(e->wc, r);
+		if (lost) {
+			/* Made or not: the server may have committed before
+			 * the connection went.  The retry finds out. */
+			char where[160];
+			e->uk = true;
+			e->uk_xid = e->w_xid;
+			oc_set_error_detail("postgresql server %s: connection lost "
+					    "during COMMIT: the changes are kept; "
+					    "commit again (it first checks whether "
+					    "this one was made), or abort",
+					    server(e->wc, where, sizeof where));
+		}
+	}
 	PQclear(r);
 	e->in_w = false; /* committed or rolled back by the server */
 	if (err) {
@@ -840,15 +1247,12 @@ static int eng_snapshot_renew(void *p,
 	PGresult *r = NULL;
 
 	/* A PostgreSQL snapshot lives in its connection's transaction: the
-	 * new one is taken first, then the blocks that changed in between are
-	 * reported (pages loaded meanwhile came from either snapshot and are
-	 * dropped). */
+	 * new one is taken first (reconnecting if the connection was lost:
+	 * nothing is lost with it now), then the blocks that changed in
+	 * between are reported (pages loaded meanwhile came from either
+	 * snapshot and are dropped). */
 	pthread_mutex_lock(&e->mu);
-	err = revive(e->rc);
-	if (!err)
-		PQclear(PQexec(e->rc, "COMMIT"));
-	if (!err)
-		err = snap_begin(e, &new_id);
+	err = rc_reopen(e, &new_id);
 	if (!err) {
 		_oc_put_be64(b, old);
 		_oc_put_be64(b + 8, new_id);
@@ -856,14 +1260,22 @@ static int eng_snapshot_renew(void *p,
 			     " WHERE seq > $1::int8 AND seq <= $2::int8",
 		      2, vals, lens, &err);
 	}
-	if (!err)
+	if (!err) {
 		e->snap_id = new_id;
-	pthread_mutex_unlock(&e->mu);
-	if (err) {
-		/* The old snapshot is gone with the connection's transaction:
-		 * every cached page may be stale. */
-		return err;
+		e->rc_moved = false;
+		free(e->stale);
+		e->stale = NULL;
+		e->nstale = 0;
+		/* A commit whose outcome was unknown is in the new
+		 * snapshot, or, if still in flight, a conflict for the next
+		 * commit that touches what it changed. */
+		e->uk = e->uk_made = false;
+	} else {
+		e->rc_bad = true;
 	}
+	pthread_mutex_unlock(&e->mu);
+	if (err)
+		return err;
 	for (int i = 0; i < PQntuples(r); i++)
 		if (val64(r, i, 0) != e->last_commit)
 			changed(arg, val64(r, i, 1), val64(r, i, 2));

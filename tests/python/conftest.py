@@ -6,6 +6,7 @@
 Run from the repository root after an in-place build:
     /usr/bin/python3 -m pytest -q tests/python
 """
+import itertools
 import os
 import sys
 import threading
@@ -18,6 +19,7 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 import outcore  # noqa: E402
+import pg_server  # noqa: E402
 
 try:
     from hypothesis import settings
@@ -62,6 +64,28 @@ class DictFile(outcore.BigFile):
         self.blocks[blk] = bytes(buf)
 
 
+# ---- PostgreSQL: one server for the session, one database per test ----------
+
+PG_MISSING = pg_server.missing()
+_dbno = itertools.count()
+
+
+@pytest.fixture(scope="session")
+def pgsrv():
+    """The session's PostgreSQL server (pg_server.PGServer), started on
+    first use and stopped at the end whatever happened; skips with the
+    reason when no server can be run here."""
+    if PG_MISSING:
+        pytest.skip(PG_MISSING)
+    with pg_server.PGServer() as srv:
+        yield srv
+
+
+def new_database(srv, password=True):
+    """A fresh database on srv: its URL (see PGServer.url)."""
+    return srv.createdb("t%d_%d" % (os.getpid(), next(_dbno)), password)
+
+
 @pytest.fixture
 def ram4k():
     """A private RAM of 4 KiB pages with a budget large enough for tests."""
@@ -89,4 +113,5 @@ def make_array(shape, dtype, order="C", ram=None, blksize=4096, file=None):
     return outcore.BigArray(shape, dtype, fh, order=order)
 
 
-__all__ = ["DictFile", "rss_bytes", "make_array", "numpy"]
+__all__ = ["DictFile", "rss_bytes", "make_array", "numpy", "new_database",
+           "PG_MISSING"]

@@ -5,12 +5,19 @@
 
     with PGServer() as srv:          # initdb + pg_ctl start, stopped at exit
         url = srv.createdb("t1")     # postgresql://user:pass@127.0.0.1:PORT/t1
+        url = srv.url("t1", password=False)   # the password from srv.passfile
+        srv.restart()                # same data, same port (also halt/resume)
+        psql(url, "SELECT 1")        # run SQL, get psql's unaligned output
 
 The cluster lives in a temporary directory, listens only on 127.0.0.1 on a
 free port (and a Unix socket in that directory), and has one superuser with
 a generated name and password, authenticated with scram-sha-256.  initdb
 refuses to run as root: as root, the server binaries run as the user
-postgres (via runuser) and the directory is given to it.
+postgres (via runuser) and the directory is given to it.  Clients (psql,
+createdb) run as the caller.
+
+passfile is a libpq password file for the server (PGPASSFILE=passfile lets a
+URL without password connect): what to use where a URL is shown or pickled.
 
 missing() says why a server cannot be run here (None if it can): the
 tests skip with that reason only.
@@ -49,6 +56,18 @@ def missing():
     return None
 
 
+def psql(url, sql, env=None):
+    """Run sql through psql on the database of url (a connection URI);
+    psql's output, unaligned, tuples only ("|" between columns)."""
+    exe = os.path.join(bindir() or "/usr/bin", "psql")
+    r = subprocess.run([exe, "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1",
+                        "-d", url, "-c", sql], stdout=subprocess.PIPE,
+                       stderr=subprocess.PIPE, text=True, timeout=120, env=env)
+    if r.returncode:
+        raise RuntimeError("psql failed (%d): %s" % (r.returncode, r.stderr))
+    return r.stdout
+
+
 def _free_port():
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
@@ -62,6 +81,7 @@ class PGServer:
         self.password = secrets.token_urlsafe(18)
         self.port = None
         self.dir = None
+        self.passfile = None
         self.started = False
 
     def _run(self, args, env=None, check=True):
@@ -93,24 +113,63 @@ class PGServer:
                    "--no-instructions"])
         os.unlink(pwfile)
         self.port = _free_port()
-        opts = ("-c listen_addresses=127.0.0.1 -c port=%d "
-                "-c unix_socket_directories=%s -c max_connections=40"
-                % (self.port, self.dir))
-        self._run(["pg_ctl", "-D", data, "-l", os.path.join(self.dir, "log"),
-                   "-o", opts, "-w", "-t", "60", "start"])
-        self.started = True
+        # the client's password file: readable by the caller only
+        self.passfile = os.path.join(self.dir, "pgpass")
+        fd = os.open(self.passfile, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write("127.0.0.1:%d:*:%s:%s\n" % (self.port, self.user,
+                                                self.password))
+        self.resume()
         return self
 
-    def url(self, db="postgres"):
+    def _ctl(self, *args):
+        data = os.path.join(self.dir, "data")
+        opts = ("-c listen_addresses=127.0.0.1 -c port=%d "
+                "-c unix_socket_directories=%s -c max_connections=100"
+                % (self.port, self.dir))
+        self._run(["pg_ctl", "-D", data, "-l", os.path.join(self.dir, "log"),
+                   "-o", opts, "-w", "-t", "60"] + list(args))
+
+    def halt(self):
+        """Stop the server (fast: clients are disconnected), keeping its
+        data; resume() starts it again."""
+        self._ctl("-m", "fast", "stop")
+        self.started = False
+
+    def resume(self):
+        """Start the server (again) on the same data and port; returns when
+        it accepts connections."""
+        self._ctl("start")
+        self.started = True
+
+    def restart(self):
+        """Stop and start the server: every client connection is lost."""
+        self.halt()
+        self.resume()
+
+    def url(self, db="postgres", password=True):
+        """The connection URI of database db, with the password in it or
+        not (then the client needs PGPASSFILE=self.passfile)."""
+        if not password:
+            return "postgresql://%s@127.0.0.1:%d/%s" % (self.user, self.port,
+                                                        db)
         return "postgresql://%s:%s@127.0.0.1:%d/%s" % (
             self.user, self.password, self.port, db)
 
-    def createdb(self, name):
-        """A new database; its URL."""
-        env = dict(os.environ, PGPASSWORD=self.password)
-        self._run(["createdb", "-h", "127.0.0.1", "-p", str(self.port),
-                   "-U", self.user, name], env=env)
-        return self.url(name)
+    def createdb(self, name, password=True):
+        """A new database; its URL (see url())."""
+        psql(self.url(password=False), 'CREATE DATABASE "%s"' % name,
+             self.env())
+        return self.url(name, password)
+
+    def dropdb(self, name):
+        """Drop database name, disconnecting its clients."""
+        psql(self.url(password=False),
+             'DROP DATABASE IF EXISTS "%s" WITH (FORCE)' % name, self.env())
+
+    def env(self):
+        """os.environ plus PGPASSFILE for this server."""
+        return dict(os.environ, PGPASSFILE=self.passfile)
 
     def log(self):
         try:
@@ -120,9 +179,10 @@ class PGServer:
             return ""
 
     def stop(self):
+        """Stop the server and remove everything it had."""
         if self.started:
             self._run(["pg_ctl", "-D", os.path.join(self.dir, "data"),
-                       "-m", "fast", "-w", "stop"], check=False)
+                       "-m", "immediate", "-w", "stop"], check=False)
             self.started = False
         if self.dir:
             shutil.rmtree(self.dir, ignore_errors=True)

@@ -2,8 +2,16 @@
 # Copyright (C) 2026 the outcore developers.
 # SPDX-License-Identifier: GPL-3.0-or-later WITH outcore-OSI-exception
 """Transactional stores (outcore.open): commit / abort / reopen round trips,
-metadata and attrs, bad input, two processes (disjoint blocks, conflicts,
-invalidation), pickling through a spawned process, an array 16x the budget.
+metadata and attrs, bad input, two and four processes (disjoint blocks,
+conflicts, invalidation), pickling through a spawned process, an array 16x
+the budget, crashes (SIGKILL during commits), corrupt blocks.
+
+Every test runs against both engines (the `engine` parameter): "lmdb", a
+store directory under tmp_path, and "pg", a fresh database on the session's
+PostgreSQL server (conftest.pgsrv; skipped with the reason when no server
+can be run here).  `path` is the store's location: a directory or a URL.
+Where a test looks at the stored bytes themselves (snapshot, corruption,
+what is not a store) it does so per engine: files, or SQL through psql.
 """
 import gc
 import json
@@ -21,15 +29,33 @@ import numpy
 import pytest
 
 import outcore
+import pg_server
+from conftest import new_database
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BS = 2 << 20            # the default RAM page size: the arrays' block size
 F8_PER_BLK = BS // 8
 
 
+ENGINES = ["lmdb", "pg"]
+
+
+@pytest.fixture(params=ENGINES)
+def engine(request):
+    return request.param
+
+
 @pytest.fixture
-def path(tmp_path):
-    return str(tmp_path / "db")
+def path(engine, tmp_path, request):
+    """Where the test's store lives: a new directory (lmdb), a new database
+    (pg: its URL, password included)."""
+    if engine == "lmdb":
+        return str(tmp_path / "db")
+    return new_database(request.getfixturevalue("pgsrv"))
+
+
+def is_pg(path):
+    return path.startswith("postgresql://")
 
 
 def store(path, **kw):
@@ -354,7 +380,22 @@ def test_odd_names_are_just_names(path):
             assert (db[n][...] == i).all()
 
 
+PG_DUMP = """
+    SELECT 'meta', magic, format, seq, next_id FROM outcore_meta;
+    SELECT 'array', encode(name, 'hex'), id, version, md5(meta)
+      FROM outcore_arrays ORDER BY name;
+    SELECT 'block', array_id, blk, hash, version, md5(data)
+      FROM outcore_blocks ORDER BY array_id, blk;
+    SELECT 'log', seq, array_id, blk FROM outcore_log
+      ORDER BY seq, array_id, blk;
+"""
+
+
 def snapshot_files(path):
+    """Everything a store holds: its files' bytes (lmdb), or a dump of its
+    tables with digests of the stored bytes (pg)."""
+    if is_pg(path):
+        return pg_server.psql(path, PG_DUMP)
     out = {}
     for f in sorted(os.listdir(path)):
         if f.endswith("-lock"):
@@ -423,7 +464,14 @@ def test_bad_input_changes_nothing(path):
     assert snapshot_files(path) == before
 
 
-def test_opening_what_is_not_a_store(tmp_path):
+def test_opening_what_is_not_a_store(engine, tmp_path, request):
+    if engine == "lmdb":
+        not_a_store_lmdb(tmp_path)
+    else:
+        not_a_store_pg(request.getfixturevalue("pgsrv"))
+
+
+def not_a_store_lmdb(tmp_path):
     junk = tmp_path / "junk"
     data = os.urandom(100000)
     junk.write_bytes(data)
@@ -440,6 +488,45 @@ def test_opening_what_is_not_a_store(tmp_path):
     with pytest.raises(outcore.NotFoundError):
         outcore.open(tmp_path / "missing", readonly=True)
     assert not (tmp_path / "missing").exists()
+
+
+def not_a_store_pg(srv):
+    tables = ("SELECT string_agg(tablename, ',' ORDER BY tablename)"
+              " FROM pg_tables WHERE schemaname = 'public'")
+    # someone else's table of the name we use, with other columns
+    url = new_database(srv)
+    pg_server.psql(url, "CREATE TABLE outcore_meta (x int, y text);"
+                   " INSERT INTO outcore_meta VALUES (1, 'theirs')")
+    for ro in (False, True):
+        with pytest.raises(outcore.StoreError, match="not an outcore store"):
+            outcore.open(url, readonly=ro)
+    assert pg_server.psql(url, "SELECT * FROM outcore_meta") == "1|theirs\n"
+    assert pg_server.psql(url, tables) == "outcore_meta\n"
+    # our columns, another magic
+    url = new_database(srv)
+    pg_server.psql(url, "CREATE TABLE outcore_meta (id int, magic text,"
+                   " format int, seq bigint, next_id bigint);"
+                   " INSERT INTO outcore_meta VALUES (1, 'other', 1, 0, 1)")
+    with pytest.raises(outcore.StoreError, match="not an outcore store"):
+        outcore.open(url)
+    # a store of a newer format
+    url = new_database(srv)
+    with outcore.open(url, ram="64MiB"):
+        pass
+    pg_server.psql(url, "UPDATE outcore_meta SET format = 99")
+    with pytest.raises(outcore.StoreError, match="unsupported version"):
+        outcore.open(url)
+    # a database without a store, opened read-only: refused, left alone
+    url = new_database(srv)
+    pg_server.psql(url, "CREATE TABLE mine (a int)")
+    with pytest.raises(outcore.StoreError, match="not an outcore store"):
+        outcore.open(url, readonly=True)
+    assert pg_server.psql(url, tables) == "mine\n"
+    # no such database: a StoreError that shows no password
+    url = srv.url("no_such_database")
+    with pytest.raises(outcore.StoreError, match="cannot connect") as ei:
+        outcore.open(url)
+    assert srv.password not in str(ei.value)
 
 
 def test_readonly_store_refuses_writes(path):
@@ -564,6 +651,39 @@ def test_two_processes_disjoint_blocks_both_commit(path, peers):
         assert (A[F8_PER_BLK:2 * F8_PER_BLK] == 0).all()
         assert (A[2 * F8_PER_BLK:3 * F8_PER_BLK] == 2).all()
         assert (A[3 * F8_PER_BLK:] == 0).all()
+
+
+def test_four_processes_commit_their_quarters_at_once_fifth_sums(path, peers):
+    """Four processes each change their own quarter of one array and commit
+    at the same time, a few rounds: nobody conflicts (each sees the others'
+    commits at its next transaction), and a fifth process sees them all."""
+    nblk, rounds = 8, 3
+    n = nblk * F8_PER_BLK
+    q = n // 4                                   # two blocks each
+    with store(path) as db:
+        A = db.create("a", (n,), "<f8")
+        A[:] = 1.0
+        db.commit()
+    ps = [peers() for _ in range(4)]
+    for k, p in enumerate(ps):
+        p(f"db = outcore.open({path!r}, ram='64MiB'); A = db['a']; "
+          f"mine = A[{k * q}:{(k + 1) * q}]")
+    for r in range(rounds):
+        for k, p in enumerate(ps):
+            p(f"mine += {k + 1}")
+        for p in ps:                             # all four commit at once
+            p.send("db.commit()")
+        assert [outcome(p) for p in ps] == ["ok"] * 4, r
+    fifth = peers()
+    fifth(f"db = outcore.open({path!r}, ram='64MiB'); A = db['a']")
+    assert fifth.eval("float(A[...].sum())") == \
+        n + rounds * q * (1 + 2 + 3 + 4)
+    assert fifth.eval(f"[sorted(set(A[k * {q}:(k + 1) * {q}].tolist()))"
+                      f" for k in range(4)]") == \
+        [[1.0 + rounds * (k + 1)] for k in range(4)]
+    # and the store counted no conflict in any of the four
+    for p in ps:
+        assert p.eval("db.stats()['conflicts']") == 0
 
 
 @pytest.mark.parametrize("what", ["block", "resize", "attrs", "delete"])
@@ -756,9 +876,8 @@ BIG = textwrap.dedent(r"""
 """ % ROOT)
 
 
-def test_array_16x_the_budget(tmp_path):
+def test_array_16x_the_budget(path):
     budget, nbytes = 32 << 20, 512 << 20
-    path = str(tmp_path / "big")
     r = subprocess.run([sys.executable, "-c", BIG, path, str(budget),
                         str(nbytes)], capture_output=True, text=True,
                        timeout=300)
@@ -847,10 +966,29 @@ def crash_check(path, last):
         return found[0]
 
 
+def wait_quiet(path, timeout=60):
+    """pg: wait until no other client is connected to the database of path
+    (the backends of a killed client have finished what they were doing,
+    so a COMMIT it had sent is either made or not, for good)."""
+    if not is_pg(path):
+        return
+    deadline = time.monotonic() + timeout
+    while pg_server.psql(path, "SELECT count(*) FROM pg_stat_activity WHERE"
+                         " datname = current_database() AND"
+                         " pid <> pg_backend_pid()").strip() != "0":
+        assert time.monotonic() < deadline, "killed client's backends linger"
+        time.sleep(0.01)
+
+
 def test_crash_safety_sigkill_during_commits(path):
+    """Kill a process that commits in a loop at random instants: the store
+    holds the last commit it returned from, or the one in flight, never a
+    mix.  (pg: fewer kills, each costs a server round; the commit point is
+    the server's COMMIT.)"""
     import random
-    kills = int(os.environ.get("OC_CRASH_KILLS", "50"))
+    kills = int(os.environ.get("OC_CRASH_KILLS", "20" if is_pg(path) else "50"))
     rng = random.Random(os.environ.get("OC_CRASH_SEED", "4"))
+    slow = 4 if is_pg(path) else 1
     with store(path) as db:
         for n, nblk in CRASH_ARRAYS.items():
             db.create(n, (nblk * F8_PER_BLK,), "<f8")
@@ -863,8 +1001,9 @@ def test_crash_safety_sigkill_during_commits(path):
         try:
             assert p.stdout.readline().strip() == "ready", p.stderr.read()
             # kill at a random instant: within the first commits mostly
-            # (whole or delta), sometimes later
-            time.sleep(rng.uniform(0, 0.25 if i % 4 else 0.6))
+            # (whole or delta), sometimes later (a commit through the
+            # server takes some 4x longer)
+            time.sleep(rng.uniform(0, 0.25 if i % 4 else 0.6) * slow)
             p.kill()
             out, err = p.communicate(timeout=30)
         finally:
@@ -876,11 +1015,12 @@ def test_crash_safety_sigkill_during_commits(path):
         last = done[-1] if done else state
         assert done == list(range(state + 1, last + 1))
         commits += len(done)
+        wait_quiet(path)
         got = crash_check(path, last)
         in_flight += got != last
         state = got
     # the kills did interrupt a running child that was committing
-    assert commits + in_flight > 0
+    assert commits + in_flight > 0, (kills, commits, in_flight)
 
 
 # ---- corruption ---------------------------------------------------------------------
@@ -894,22 +1034,54 @@ CORRUPT_READ = textwrap.dedent(r"""
 """ % ROOT)
 
 
-def test_corrupt_block_is_reported_naming_array_and_block(tmp_path, capfd):
-    path, copy = str(tmp_path / "db"), str(tmp_path / "copy")
+def corrupt_copy(path, copy, name):
+    """Copy the store at path to copy and flip 3 bytes in the middle of
+    block 1 of array name there (the only block stored)."""
+    if not is_pg(path):
+        # the data file holds that block's extent, at a multiple of the
+        # block size (the file may be bigger: room for more)
+        import shutil
+        shutil.copytree(path, copy)
+        block = numpy.full(F8_PER_BLK, 1.5, "<f8").tobytes()
+        with open(os.path.join(copy, "data"), "r+b") as f:
+            offs = []
+            for off in range(0, os.path.getsize(f.name), BS):
+                f.seek(off)
+                if f.read(BS) == block:
+                    offs.append(off)
+            assert len(offs) == 1, offs
+            f.seek(offs[0] + BS // 2 + 12345)
+            b = f.read(3)
+            f.seek(offs[0] + BS // 2 + 12345)
+            f.write(bytes(x ^ 0x5A for x in b))
+        return
+    srv_url = path.rsplit("/", 1)[0] + "/postgres"
+    pg_server.psql(srv_url, 'CREATE DATABASE "%s" TEMPLATE "%s"' % (
+        copy.rsplit("/", 1)[1], path.rsplit("/", 1)[1]))
+    assert pg_server.psql(copy, "SELECT blk, length(data) FROM outcore_blocks") \
+        == "1|%d\n" % BS
+    o = BS // 2 + 12345
+    flip = "data"
+    for i in range(3):
+        flip = "set_byte(%s, %d, get_byte(data, %d) # 90)" % (flip, o + i,
+                                                               o + i)
+    assert pg_server.psql(copy, "UPDATE outcore_blocks SET data = %s"
+                          " WHERE blk = 1 AND array_id = (SELECT id FROM"
+                          " outcore_arrays WHERE name = convert_to(%s, 'UTF8'))"
+                          " RETURNING blk" % (flip, "'" + name.replace(
+                              "'", "''") + "'")) == "1\n"
+
+
+def test_corrupt_block_is_reported_naming_array_and_block(path, tmp_path,
+                                                          capfd):
+    # pg: the copy is database <name>_copy on the same server
+    copy = path + "_copy" if is_pg(path) else str(tmp_path / "copy")
     with store(path) as db:
         A = db.create("arr 'one'", (3 * F8_PER_BLK,), "<f8")
         A[F8_PER_BLK:2 * F8_PER_BLK] = 1.5      # one stored block: block 1
         db.commit()
         del A
-    # the data file holds that block's extent, at a multiple of the block size
-    assert os.path.getsize(os.path.join(path, "data")) == BS
-    import shutil
-    shutil.copytree(path, copy)
-    with open(os.path.join(copy, "data"), "r+b") as f:
-        f.seek(BS // 2 + 12345)
-        b = f.read(3)
-        f.seek(BS // 2 + 12345)
-        f.write(bytes(x ^ 0x5A for x in b))
+    corrupt_copy(path, copy, "arr 'one'")
     capfd.readouterr()
 
     # the explicit load path: StoreError, never the data

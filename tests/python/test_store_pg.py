@@ -1,46 +1,44 @@
 # outcore: out-of-core arrays on a userspace virtual memory manager.
 # Copyright (C) 2026 the outcore developers.
 # SPDX-License-Identifier: GPL-3.0-or-later WITH outcore-OSI-exception
-"""The store round trip against the PostgreSQL engine, on a server of our
-own (pg_server.py): one server for the module, one database per test."""
-import itertools
+"""What only the PostgreSQL engine has: a server to lose.  (Everything the
+store does is tested against both engines in test_store.py.)
+
+Servers: the session's (conftest.pgsrv) for the tests that leave it alone,
+and one of this module's own for the tests that stop and restart it.  The
+connection is lost three ways: a server restart (every connection goes), a
+server stopped for good (reconnecting fails), and a proxy that cuts the
+connection at a COMMIT (pg_proxy.py: the commit made or not, the client
+cannot tell).
+"""
+import signal
+import subprocess
+import sys
+import textwrap
 
 import numpy
 import pytest
 
 import outcore
+import pg_proxy
 import pg_server
-from test_store import Peer, outcome  # noqa: F401  (the peer processes)
+from conftest import PG_MISSING, new_database
+from test_store import BS, F8_PER_BLK, ROOT, peers  # noqa: F401  (fixture)
 
-BS = 2 << 20
-F8_PER_BLK = BS // 8
+pytestmark = pytest.mark.skipif(PG_MISSING is not None,
+                                reason=PG_MISSING or "")
 
-_why = pg_server.missing()
-pytestmark = pytest.mark.skipif(_why is not None, reason=_why or "")
-_n = itertools.count()
+
+@pytest.fixture
+def url(pgsrv):
+    return new_database(pgsrv)
 
 
 @pytest.fixture(scope="module")
-def server():
+def own():
+    """A server of this module's own: its tests stop and restart it."""
     with pg_server.PGServer() as srv:
         yield srv
-
-
-@pytest.fixture
-def url(server):
-    return server.createdb("t%d" % next(_n))
-
-
-@pytest.fixture
-def peers():
-    made = []
-
-    def make():
-        made.append(Peer())
-        return made[-1]
-    yield make
-    for p in made:
-        p.close()
 
 
 def store(url, **kw):
@@ -48,11 +46,11 @@ def store(url, **kw):
     return outcore.open(url, **kw)
 
 
-def test_round_trip_commit_reopen_abort(url, server):
+def test_round_trip_commit_reopen_abort(url, pgsrv):
     name = "it's; DROP TABLE outcore_blocks; -- \u00fc\u2603"
     data = numpy.arange(3 * F8_PER_BLK, dtype="<f8")
     with store(url) as db:
-        assert server.password not in repr(db)
+        assert pgsrv.password not in repr(db)
         A = db.create(name, data.shape, "<f8", attrs={"k": [1, 2]})
         B = db.create("b", (10,), "<i4")
         A[:] = data
@@ -83,71 +81,195 @@ def test_round_trip_commit_reopen_abort(url, server):
         assert db.names() == [name]
 
 
-def test_bad_server_is_a_store_error_without_password(server):
+def test_bad_server_is_a_store_error_without_password(pgsrv):
     bad = "postgresql://%s:%s@127.0.0.1:%d/nosuchdb" % (
-        server.user, server.password, server.port)
+        pgsrv.user, pgsrv.password, pgsrv.port)
     with pytest.raises(outcore.StoreError) as e:
         outcore.open(bad)
-    assert server.password not in str(e.value)
+    assert pgsrv.password not in str(e.value)
     assert "postgresql://***@127.0.0.1" in str(e.value)
 
 
-def test_two_processes_same_block_exactly_one_conflict(url, peers):
+def test_url_without_password_uses_the_password_file(pgsrv, monkeypatch,
+                                                     tmp_path):
+    url = new_database(pgsrv, password=False)
+    monkeypatch.delenv("PGPASSWORD", raising=False)
+    monkeypatch.setenv("PGPASSFILE", str(tmp_path / "no-such-file"))
+    with pytest.raises(outcore.StoreError, match="cannot connect"):
+        outcore.open(url)
+    monkeypatch.setenv("PGPASSFILE", pgsrv.passfile)
     with store(url) as db:
-        db.create("a", (2 * F8_PER_BLK,), "<f8")
+        db.create("a", 3, "<i4")[:] = 3
         db.commit()
-    ps = [peers(), peers()]
-    for p in ps:
-        p(f"db = outcore.open({url!r}, ram='64MiB'); A = db['a']")
-    for k, p in enumerate(ps, 1):
-        p(f"A[10] = {k}")
-    for p in ps:
-        p.send("db.commit()")
-    assert sorted(outcome(p) for p in ps) == ["ConflictError", "ok"]
     with store(url) as db:
-        assert db["a"][10] in (1, 2)
+        assert (db["a"][...] == 3).all()
 
 
-def test_two_processes_disjoint_blocks_both_commit(url, peers):
-    with store(url) as db:
-        db.create("a", (4 * F8_PER_BLK,), "<f8")
-        db.commit()
-    p1, p2 = peers(), peers()
-    for p in (p1, p2):
-        p(f"db = outcore.open({url!r}, ram='64MiB'); A = db['a']")
-    p1(f"A[0:{F8_PER_BLK}] = 1")
-    p2(f"A[{2 * F8_PER_BLK}:{3 * F8_PER_BLK}] = 2")
-    p1.send("db.commit()")
-    p2.send("db.commit()")
-    assert (outcome(p1), outcome(p2)) == ("ok", "ok")
-    with store(url) as db:
-        A = db["a"][...]
-        assert (A[:F8_PER_BLK] == 1).all()
-        assert (A[F8_PER_BLK:2 * F8_PER_BLK] == 0).all()
-        assert (A[2 * F8_PER_BLK:3 * F8_PER_BLK] == 2).all()
-        assert (A[3 * F8_PER_BLK:] == 0).all()
+# ---- a server restart ----------------------------------------------------------
 
-
-def test_invalidation_at_next_transaction(url, peers):
-    nblk = 4
+def filled(url, nblk=4):
     with store(url) as db:
         A = db.create("a", (nblk * F8_PER_BLK,), "<f8")
         A[:] = 1.0
         db.commit()
+
+
+@pytest.mark.parametrize("load_first", [True, False],
+                         ids=["load-then-commit", "commit-at-once"])
+def test_server_restart_mid_transaction_commit_fails_retry_succeeds(
+        own, load_first):
+    url = new_database(own)
+    filled(url)
     db = store(url)
     try:
-        v = db["a"][...]
-        assert v.sum() == nblk * F8_PER_BLK
-        loads0 = db.stats()["loads"]
-        p = peers()
-        p(f"db = outcore.open({url!r}, ram='64MiB'); A = db['a']")
-        p(f"A[{2 * F8_PER_BLK + 7}] = 42; db.commit()")
-        assert v[2 * F8_PER_BLK + 7] == 1.0          # our snapshot
-        db.commit()                                   # next transaction
-        assert v[2 * F8_PER_BLK + 7] == 42.0
-        assert v.sum() == nblk * F8_PER_BLK + 41
-        st = db.stats()
-        assert st["loads"] - loads0 == 1              # only that block
-        assert st["invalidated"] == 1
+        A = db["a"]
+        A[:F8_PER_BLK] = 2.0                       # block 0 dirty
+        A[3 * F8_PER_BLK] = 4.0                    # block 3 dirty
+        own.restart()                              # every connection lost
+        if load_first:
+            # a page fault after the restart loads: the engine reconnects
+            # and, nobody having committed, has the same snapshot again
+            assert (A[F8_PER_BLK:2 * F8_PER_BLK] == 1.0).all()
+        with pytest.raises(outcore.StoreError) as ei:
+            db.commit()
+        msg = str(ei.value)
+        assert ei.value.code == outcore._core.OC_ESTOREIO
+        assert "connection lost" in msg and "nothing was committed" in msg, msg
+        assert "127.0.0.1:%d" % own.port in msg, msg
+        assert own.password not in msg and own.user + ":" not in msg
+        # the changes are kept, in dirty pages
+        assert (A[:F8_PER_BLK] == 2.0).all() and A[3 * F8_PER_BLK] == 4.0
+        assert db.stats()["dirty_bytes"] == 2 * BS
+        db.commit()                                # the retry reconnects
+        assert db.stats()["dirty_bytes"] == 0
+        # and loads go on after it (in a new snapshot)
+        assert (A[2 * F8_PER_BLK:3 * F8_PER_BLK] == 1.0).all()
+        A[F8_PER_BLK] = 3.0
+        db.commit()
     finally:
         db.close()
+    expect = numpy.ones(4 * F8_PER_BLK)
+    expect[:F8_PER_BLK] = 2.0
+    expect[F8_PER_BLK] = 3.0
+    expect[3 * F8_PER_BLK] = 4.0
+    with store(url) as db:
+        assert (db["a"][...] == expect).all()      # nothing lost
+
+
+def test_server_restart_retry_checks_conflicts_against_its_snapshot(
+        own, peers):
+    url = new_database(own)
+    filled(url)
+    db = store(url)
+    try:
+        A = db["a"]
+        A[5] = 7.0                                 # block 0 dirty
+        assert A[3 * F8_PER_BLK] == 1.0            # block 3 loaded
+        own.restart()
+        p = peers()
+        p(f"db = outcore.open({url!r}, ram='64MiB'); A = db['a']")
+        p(f"A[6] = 8.0; A[{F8_PER_BLK}] = 9.0; db.commit()")   # blocks 0, 1
+        # this transaction's snapshot went with the connection: a block
+        # changed since cannot be read any more, an unchanged one can
+        with pytest.raises(outcore.StoreError,
+                           match="changed since this transaction's snapshot"):
+            outcore.prefault(A[F8_PER_BLK:2 * F8_PER_BLK])
+        assert (A[2 * F8_PER_BLK:3 * F8_PER_BLK] == 1.0).all()
+        assert A[3 * F8_PER_BLK] == 1.0 and A[5] == 7.0
+        with pytest.raises(outcore.StoreError, match="connection lost"):
+            db.commit()
+        # the retry checks conflicts against the snapshot the transaction
+        # had, not a new one: block 0 was changed by the peer since
+        with pytest.raises(outcore.ConflictError):
+            db.commit()
+        db.abort()
+        assert A[5] == 1.0 and A[6] == 8.0 and A[F8_PER_BLK] == 9.0
+    finally:
+        db.close()
+
+
+FAULT_CHILD = textwrap.dedent(r"""
+    import sys
+    sys.path.insert(0, %r)
+    import outcore
+    db = outcore.open(sys.argv[1], ram="64MiB")
+    A = db["arr 'x'"]
+    print(float(A[:10].sum()), flush=True)             # block 0 loaded
+    sys.stdin.readline()                               # the server is down
+    print(float(A[%d:%d].sum()), flush=True)           # block 1: a fault
+""" % (ROOT, F8_PER_BLK, F8_PER_BLK + 10))
+
+
+def test_page_fault_with_the_server_gone_stops_naming_server_array_block(own):
+    url = new_database(own)
+    with store(url) as db:
+        A = db.create("arr 'x'", (2 * F8_PER_BLK,), "<f8")
+        A[:] = 1.0
+        db.commit()
+    p = subprocess.Popen([sys.executable, "-c", FAULT_CHILD, url],
+                         stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    try:
+        assert p.stdout.readline().strip() == "10.0", p.stderr.read()
+        own.halt()
+        try:
+            out, err = p.communicate("go\n", timeout=60)
+        finally:
+            own.resume()
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    assert p.returncode == -signal.SIGBUS, (p.returncode, err)
+    assert not out
+    assert "127.0.0.1:%d" % own.port in err, err          # the server
+    assert "block 1 of file 'arr 'x''" in err, err         # array and block
+    assert "reconnect" in err, err
+    assert own.password not in err
+
+
+# ---- a connection lost during COMMIT -------------------------------------------------
+
+@pytest.mark.parametrize("cut", ["before", "after"])
+def test_connection_lost_during_commit_retry_never_applies_twice(pgsrv, cut):
+    """The proxy cuts the connection at COMMIT, before it reaches the server
+    (not made) or after the server made it (made, unacknowledged): the
+    commit fails either way; the retry finds out which, and commits (not
+    made) or refuses until abort (made), so the change is made once."""
+    direct = new_database(pgsrv)
+    dbname = direct.rsplit("/", 1)[1]
+    with pg_proxy.CommitCutter(pgsrv.port) as px:
+        url = ("postgresql://%s:%s@127.0.0.1:%d/%s?sslmode=disable"
+               "&gssencmode=disable" % (pgsrv.user, pgsrv.password, px.port,
+                                        dbname))
+        db = store(url)
+        try:
+            A = db.create("a", (2 * F8_PER_BLK,), "<f8")
+            A[:] = 1.0
+            db.commit()
+            A[0] += 1.0                            # not idempotent
+            px.arm(cut)
+            with pytest.raises(outcore.StoreError,
+                               match="connection lost during COMMIT") as ei:
+                db.commit()
+            assert px.tripped()
+            assert pgsrv.password not in str(ei.value)
+            assert A[0] == 2.0                     # kept
+            if cut == "before":
+                db.commit()
+            else:
+                for _ in range(2):                 # until abort
+                    with pytest.raises(outcore.StoreError,
+                                       match="was made after all"):
+                        db.commit()
+                db.abort()
+            assert A[0] == 2.0
+            A[F8_PER_BLK] = 3.0                    # and commits go on
+            db.commit()
+        finally:
+            db.close()
+    # block 0 changed by exactly two commits: the creation and ours
+    assert pg_server.psql(direct, "SELECT count(*) FROM outcore_log"
+                          " WHERE blk = 0") == "2\n"
+    with store(direct) as db:
+        assert db["a"][0] == 2.0 and db["a"][F8_PER_BLK] == 3.0
