@@ -9,7 +9,8 @@
 #                      any failure); WERROR=1 adds -Werror (CI sets it)
 #   make test-plain    one mode only (also test-asan, test-valgrind, test-tsan)
 #   make demo          build and run `outcore demo` (bin/outcore)
-#   make bench         build and run every bench/bench_*.c
+#   make bench         build and run every bench/bench_*.c and the Python
+#                      benchmarks (bench-pg: PostgreSQL store vs bulk COPY)
 #   make install       PREFIX=/usr/local, DESTDIR= for staging
 #   make clean | dist
 #
@@ -163,6 +164,14 @@ build/bench/%: bench/%.c $(OBJS)
 	@mkdir -p $(@D)
 	$(CC) $(TEST_CFLAGS) -O2 -MMD -MP -MT $@ -MF $@.d -o $@ $< $(OBJS) $(LDFLAGS) $(LIBS)
 
+# bench/bench_pg.py's baseline, the server's bulk COPY through libpq: a
+# helper program (libpq only), not a benchmark that bench-c runs.
+PG_COPY = build/bench/pg_copy
+$(PG_COPY): bench/pg_copy.c
+	@mkdir -p $(@D)
+	$(CC) -std=c11 -D_GNU_SOURCE $(WARNINGS) -I$(PG_INCLUDEDIR) $(CPPFLAGS) $(CFLAGS) -O2 \
+		-MMD -MP -MT $@ -MF $@.d -o $@ $< $(LDFLAGS) -lpq
+
 .PHONY: tests tests-plain tests-asan tests-tsan examples benches
 tests: tests-plain tests-asan tests-tsan
 tests-plain: $(PLAIN_BINS)
@@ -229,7 +238,7 @@ pytest: $(PYEXT)
 
 # ---- demo, bench -----------------------------------------------------------
 
-.PHONY: demo bench bench-c bench-python
+.PHONY: demo bench bench-c bench-python bench-pg
 demo:
 	@$(DEPS)
 	@$(MAKE) --no-print-directory all pyext
@@ -237,14 +246,24 @@ demo:
 
 bench:
 	@$(DEPS) bench
-	@$(MAKE) --no-print-directory all benches
-	@$(MAKE) --no-print-directory bench-c bench-python
+	@$(MAKE) --no-print-directory all benches $(PG_COPY)
+	@$(MAKE) --no-print-directory bench-c bench-python bench-pg
 
+# The core benchmark's huge-page section needs 600 free huge pages: reserved
+# for the run (as root) and given back after it.
 bench-c: $(BENCHES)
-	@st=0; for b in $(BENCHES); do echo "=== $$b"; $$b || { echo "=== $$b: FAIL"; st=1; }; done; exit $$st
+	@st=0; for b in $(BENCHES); do echo "=== $$b"; \
+		sh scripts/with-hugepages.sh 640 $$b || { echo "=== $$b: FAIL"; st=1; }; \
+	done; exit $$st
 
 bench-python: $(PYEXT)
 	$(PYTHON) bench/bench_memmap.py
+	$(PYTHON) bench/bench_store.py
+
+# The PostgreSQL store against the LMDB store and the server's bulk COPY
+# (starts its own server: tests/python/pg_server.py).
+bench-pg: $(PYEXT) $(PG_COPY)
+	$(PYTHON) bench/bench_pg.py
 
 # ---- install, dist, clean --------------------------------------------------
 
@@ -285,4 +304,4 @@ clean:
 	rm -rf build outcore/_core*.so
 
 -include $(OBJS:.o=.d) $(ASAN_OBJS:.o=.d) $(TSAN_OBJS:.o=.d)
--include $(addsuffix .d,$(PLAIN_BINS) $(ASAN_BINS) $(TSAN_BINS) $(EXAMPLES) $(BENCHES))
+-include $(addsuffix .d,$(PLAIN_BINS) $(ASAN_BINS) $(TSAN_BINS) $(EXAMPLES) $(BENCHES) $(PG_COPY))
