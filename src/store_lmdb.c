@@ -73,6 +73,7 @@
 #include <fcntl.h>
 #include <lmdb.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 #include <xxhash.h>
@@ -263,8 +264,20 @@ static void eng_close(void *p)
 static int env_open(struct lmdb_eng *e, const char *index, unsigned flags)
 {
 	size_t mapsize = MAPSIZE;
+	void *probe;
 	int rc;
 
+	/* Find how much address space there is first: a failed
+	 * mdb_env_open leaks what it allocated. */
+	while (mapsize > MAPSIZE_MIN) {
+		probe = mmap(NULL, mapsize, PROT_NONE,
+			     MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+		if (probe != MAP_FAILED) {
+			munmap(probe, mapsize);
+			break;
+		}
+		mapsize /= 4;
+	}
 	for (;;) {
 		rc = mdb_env_create(&e->env);
 		if (rc)

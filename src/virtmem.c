@@ -976,16 +976,17 @@ static int fault_page(struct oc_vma *v, uintptr_t addr, int write,
 		return -EDEADLK;
 	if (!p) {
 		/* Read ahead on the base layer when the previous block is
-		 * mapped here: a sequential scan. */
+		 * mapped here: a sequential scan.  (write 2, unknown, is
+		 * most likely a read: a write faults again.) */
 		uint64_t ahead = 0, rest = v->pglen - idx - 1;
-		if (!write && idx > 0 && fh->file->ops->mapblk &&
+		if (write != 1 && idx > 0 && fh->file->ops->mapblk &&
 		    oc_pagemap_get(&v->maps, idx - 1)) {
 			ahead = READAHEAD_BYTES >> ram->pageshift;
 			if (ahead > 63)
 				ahead = 63;
 			if (ahead > (ram->budget >> ram->pageshift) / 4)
 				ahead = (ram->budget >> ram->pageshift) / 4;
-		} else if (!write && fh->file->ops->mapblk) {
+		} else if (write != 1 && fh->file->ops->mapblk) {
 			/* A random read with room in the budget: map the
 			 * blocks that follow too (without filling page
 			 * tables: they cost only when touched), so that a

@@ -148,8 +148,9 @@ def test_check_healthy_and_corrupt(tmp_path, store):
     data = bad / "data"
     size = os.path.getsize(data)
     assert size >= 4 * 2 * MiB
-    with open(data, "r+b") as f:     # in the middle of a block
-        off = size // 2 + 12345
+    with open(data, "r+b") as f:     # in the middle of a block: the 4
+        off = 3 * MiB + 12345        # extents are the first 8 MiB (the file
+        # may be longer: space allocated ahead)
         f.seek(off)
         b = f.read(64)
         f.seek(off)
