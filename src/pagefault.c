@@ -22,14 +22,27 @@
  * runs in the handler) reaches us too: on memory of the same handle it can
  * never complete, and we stop with a message instead of hanging; on
  * memory of another handle it is served normally.
+ *
+ * Stacks.  The handler runs with SA_ONSTACK, so that faults of programs
+ * that set an alternate signal stack (to report their own stack overflows:
+ * Python's faulthandler, Go, Rust) are still passed on there.  Such a stack
+ * is small (a few KiB), far too small for a loadblk (a Python loadblk, a
+ * database client): a fault taken on it is served on a stack of our own
+ * instead, FAULT_STACK bytes per thread (mapped on the first such fault,
+ * kept while the process lives), with the alternate stack disabled
+ * meanwhile so that a fault inside the loadblk nests on our stack.  Not
+ * under ASan, TSan or valgrind, which do not follow the switch.
  */
 #include "internal.h"
 
 #include <errno.h>
 #include <signal.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <ucontext.h>
 #include <unistd.h>
+
+#define FAULT_STACK ((size_t)1 << 20)
 
 static struct sigaction prev;
 static pthread_mutex_t install_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -91,7 +104,7 @@ static int access_kind(void *ucv)
 	return 2;
 }
 
-static void on_segv(int sig, siginfo_t *si, void *uc)
+static void on_segv_body(int sig, siginfo_t *si, void *uc)
 {
 	int saved = errno, r, attempt = 0;
 	uintptr_t addr = (uintptr_t)si->si_addr;
@@ -148,6 +161,63 @@ pass:
 	chain(sig, si, uc);
 }
 
+/* Serving on our own stack (see "Stacks"). */
+static __thread char *fault_stack;
+static __thread ucontext_t serve_ret;
+static __thread struct {
+	int sig;
+	siginfo_t *si;
+	void *uc;
+	stack_t alt;
+} call;
+
+static void body_on_our_stack(void)
+{
+	stack_t off;
+
+	memset(&off, 0, sizeof off);
+	off.ss_flags = SS_DISABLE;
+	sigaltstack(&off, NULL);
+	on_segv_body(call.sig, call.si, call.uc);
+	call.alt.ss_flags = 0;
+	sigaltstack(&call.alt, NULL);
+	/* returns to serve_ret (uc_link) */
+}
+
+static void on_segv(int sig, siginfo_t *si, void *uc)
+{
+	int saved = errno;
+	ucontext_t run;
+	stack_t ss;
+
+	if (si->si_code <= 0 || sigaltstack(NULL, &ss) ||
+	    !(ss.ss_flags & SS_ONSTACK))
+		goto here; /* on the thread's own stack */
+	if (!fault_stack) {
+		void *p = mmap(NULL, FAULT_STACK, PROT_READ | PROT_WRITE,
+			       MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK, -1, 0);
+		if (p == MAP_FAILED)
+			goto here; /* as good as we can */
+		fault_stack = p;
+	}
+	if (getcontext(&run))
+		goto here;
+	run.uc_stack.ss_sp = fault_stack;
+	run.uc_stack.ss_size = FAULT_STACK;
+	run.uc_link = &serve_ret;
+	makecontext(&run, body_on_our_stack, 0);
+	call.sig = sig;
+	call.si = si;
+	call.uc = uc;
+	call.alt = ss;
+	errno = saved;
+	if (swapcontext(&serve_ret, &run) == 0)
+		return;
+here:
+	errno = saved;
+	on_segv_body(sig, si, uc);
+}
+
 int oc_pagefault_install(void)
 {
 	struct sigaction sa;
@@ -158,7 +228,13 @@ int oc_pagefault_install(void)
 		goto out;
 	trust_error_code = !_oc_os_under_valgrind();
 	memset(&sa, 0, sizeof sa);
-	sa.sa_sigaction = on_segv;
+	/* The sanitizers and valgrind do not follow a stack switch: there,
+	 * faults are served on the stack the kernel gave. */
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+	sa.sa_sigaction = on_segv_body;
+#else
+	sa.sa_sigaction = _oc_os_under_valgrind() ? on_segv_body : on_segv;
+#endif
 	sa.sa_flags = SA_SIGINFO | SA_NODEFER | SA_ONSTACK | SA_RESTART;
 	sigemptyset(&sa.sa_mask);
 	if (sigaction(SIGSEGV, &sa, &prev)) {

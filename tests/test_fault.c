@@ -28,6 +28,9 @@
 #include <unistd.h>
 
 #include <outcore/outcore.h>
+#if __has_include(<valgrind/valgrind.h>)
+#include <valgrind/valgrind.h>
+#endif
 
 #include "check.h"
 #include "testfile.h"
@@ -613,10 +616,79 @@ static void test_fork(void)
 	CHECK_EQ(oc_ram_close(pram), 0, "parent: close RAM");
 }
 
+/* ---- a small alternate signal stack ---------------------------------- */
+
+/* A loadblk that needs 256 KiB of stack. */
+static int deep_load_hook(tfile_t *tf, uint64_t blk, void *buf)
+{
+	volatile char big[256 << 10];
+	(void)tf;
+	for (size_t i = 0; i < sizeof big; i += 4096)
+		big[i] = (char)i;
+	((uint64_t *)buf)[1] += big[4096] == 0 ? 1 : 0; /* keeps big alive */
+	((uint64_t *)buf)[1] -= big[4096] == 0 ? 1 : 0;
+	(void)blk;
+	return 0;
+}
+
+/* The program set a 16 KiB alternate stack with a guard page below it
+ * (as Python's faulthandler, Go or Rust do): a fault in managed memory
+ * must not run the loadblk on it. */
+static void c_small_altstack(void *arg)
+{
+	size_t sz = 16 << 10, g = (size_t)sysconf(_SC_PAGESIZE);
+	char *m = mmap(NULL, sz + g, PROT_READ | PROT_WRITE,
+		       MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	stack_t ss;
+	int ok = 1;
+	(void)arg;
+	if (m == MAP_FAILED || mprotect(m, g, PROT_NONE))
+		_exit(80);
+	memset(&ss, 0, sizeof ss);
+	ss.ss_sp = m + g;
+	ss.ss_size = sz;
+	if (sigaltstack(&ss, NULL))
+		_exit(81);
+	child_open("taltstack");
+	ctf.load_hook = deep_load_hook;
+	for (uint64_t b = 0; b < 4; b++)
+		ok &= *tf_at(cbase, PS, b, 5) == tf_word(b, 5);
+	/* the alternate stack is still the program's */
+	if (sigaltstack(NULL, &ss) || ss.ss_sp != m + g || ss.ss_size != sz ||
+	    (ss.ss_flags & SS_DISABLE))
+		_exit(82);
+	_exit(ok ? 0 : 83);
+}
+
+static void test_altstack(void)
+{
+	struct child c;
+
+	printf("# a small alternate signal stack\n");
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+	printf("# skipped under the sanitizers: outcore does not switch stacks "
+	       "there (they do not follow a switch)\n");
+	(void)c;
+	return;
+#endif
+#ifdef RUNNING_ON_VALGRIND
+	if (RUNNING_ON_VALGRIND) {
+		printf("# skipped under valgrind: outcore does not switch stacks "
+		       "there (it does not follow a switch)\n");
+		return;
+	}
+#endif
+	run_child(c_small_altstack, NULL, &c);
+	CHECK(exited(&c, 0), "a loadblk needing 256 KiB of stack, a 16 KiB "
+	      "alternate stack: served on outcore's stack (%s)", how(&c));
+}
+
 int main(void)
 {
 	test_outside();
 	test_load_errors();
+	test_altstack(); /* before test_fork: its children must not inherit
+			  * (and, forgetting them, leak) the RAMs made there */
 	test_fork();
 	return check_done();
 }
