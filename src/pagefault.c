@@ -144,12 +144,13 @@ static void on_segv_body(int sig, siginfo_t *si, void *uc)
 		}
 	}
 	_oc_msg("outcore: loading block %lu of file '%s' for a page fault at %p "
-		"failed %d times: %s (error %d); a fault cannot return an error, "
-		"so the process stops with SIGBUS, as the kernel does when a read "
-		"through a file mapping fails (use oc_prefault() to get errors as "
-		"return codes)",
+		"failed %d times: %s (error %d)%s%s; a fault cannot return an "
+		"error, so the process stops with SIGBUS, as the kernel does when "
+		"a read through a file mapping fails (use oc_prefault() to get "
+		"errors as return codes)",
 		(unsigned long)fi.blk, fi.file ? fi.file : "?", (void *)addr,
-		attempt, oc_strerror(r), r);
+		attempt, oc_strerror(r), r, oc_error_detail()[0] ? ": " : "",
+		oc_error_detail());
 	{
 		oc_fatal_hook_t hook = __atomic_load_n(&_oc_fatal_hook, __ATOMIC_SEQ_CST);
 		if (hook)

@@ -147,6 +147,21 @@ static void corrupt_msg(struct sarray *sa, uint64_t blk)
 			    (unsigned long long)blk);
 }
 
+/* Put the array and block in front of the engine's error detail (which
+ * names the server, say), so that one line says what failed. */
+static void name_in_detail(struct sarray *sa, uint64_t blk)
+{
+	char was[256];
+
+	snprintf(was, sizeof was, "%s", oc_error_detail());
+	if (was[0])
+		oc_set_error_detail("array '%s' block %llu: %s", sa->name,
+				    (unsigned long long)blk, was);
+	else
+		oc_set_error_detail("array '%s' block %llu", sa->name,
+				    (unsigned long long)blk);
+}
+
 static int sa_loadblk(oc_file_t *f, uint64_t blk, void *buf)
 {
 	struct sarray *sa = (struct sarray *)f;
@@ -158,10 +173,13 @@ static int sa_loadblk(oc_file_t *f, uint64_t blk, void *buf)
 		memset(buf, 0, f->blksize);
 		return 0;
 	}
+	oc_set_error_detail(NULL); /* what the engine says, or nothing */
 	err = st->ops->blk_load(st->eng, id, blk, f->blksize,
 				!(st->flags & OC_STORE_NOVERIFY), buf);
 	if (err == OC_ECORRUPT)
 		corrupt_msg(sa, blk);
+	else if (err)
+		name_in_detail(sa, blk);
 	return err;
 }
 
