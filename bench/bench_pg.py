@@ -32,12 +32,19 @@ by default: this machine's disk and CPUs are noisy), with their spread:
 The server is started for the run (tests/python/pg_server.py: initdb in a
 temporary directory under --dir, next to the LMDB store, on loopback with
 scram authentication, the server's default settings otherwise) with
-pg_stat_statements loaded: round trips are counted from the statements the
-server executed in the phase (a COPY FROM counts two: its start and its
-end; connection setup and PQprepare are not counted; pg_stat_statements may
-miss the first execution of a statement prepared in the process) and given
-per block (committed or read); -v lists the statements.  The block reads of
-a create are loads of holes (a block's first write after a commit).  An
+pg_stat_statements loaded.  Round trips per block (committed or read):
+trips/block is the engine's own count (Store.stats()["round_trips"]: the
+exchanges in which it waited for the server, a pipeline of read-ahead
+requests counting one; summed over the stores of the phase as they close);
+stmts/block the statements the server executed in the phase (a COPY FROM
+counts two: its start and its end; connection setup and PQprepare are not
+counted; pg_stat_statements may miss the first execution of a statement
+prepared in the process), which counts each pipelined request; -v lists
+the statements.  The block reads of
+a create are the windows that tell the engine which blocks exist (a
+block's first write after a commit faults: a hole is answered from them,
+and the engine copies blocks absent from the snapshot straight into
+outcore_blocks); a scan's are its read-ahead requests.  An
 untimed CHECKPOINT follows every create into PostgreSQL, so no contender
 pays for the previous one's dirty pages.
 
@@ -163,11 +170,30 @@ def round_trips(stmts):
 
 
 def child(kind, phase, path, nitems, ram):
-    """One phase of an outcore contender in this process (bench_store.one)."""
+    """One phase of an outcore contender in this process (bench_store.one),
+    its JSON line with "trips" added: the round trips its stores counted
+    (Store.stats()["round_trips"], read as each store closes)."""
+    import contextlib
+    import io
+    sys.path.insert(0, ROOT)
+    import outcore
     if kind.startswith("outcore-pg"):
         path = os.environ[URL_ENV]
-    bench_store.one("outcore-nv" if kind.endswith("-nv") else "outcore",
-                    phase, path, nitems, ram)
+    trips = [0]
+    close = outcore.Store.close
+
+    def counted_close(self):
+        if not self.closed:
+            trips[0] += self.stats()["round_trips"]
+        close(self)
+    outcore.Store.close = counted_close
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        bench_store.one("outcore-nv" if kind.endswith("-nv") else "outcore",
+                        phase, path, nitems, ram)
+    r = json.loads(out.getvalue().strip().splitlines()[-1])
+    r["trips"] = trips[0]
+    print(json.dumps(r))
 
 
 def main():
@@ -285,9 +311,9 @@ def main():
     med = {key: statistics.median(r["s"] for r in rs) for key, rs in res.items()}
     gb = nblk * bench_store.CHUNK / 1e9
     print()
-    print("%-14s %-7s %8s %7s %7s %8s %8s %9s %11s" % (
+    print("%-14s %-7s %8s %7s %7s %8s %8s %9s %11s %11s" % (
         "contender", "phase", "seconds", "spread", "GB/s", "vs COPY", "vs LMDB",
-        "peak RSS", "trips/block"))
+        "peak RSS", "trips/block", "stmts/block"))
     for phase, rounds, kinds in plan:
         base = med.get(("COPY binary", phase))
         lmdb = med.get(("outcore-lmdb", phase))
@@ -300,12 +326,17 @@ def main():
             spread = "%6.0f%%" % (100 * (max(times) - min(times)) / t) if len(rs) > 1 else "      -"
             vs_copy = "%7.2fx" % (base / t) if base else "    n/a"
             vs_lmdb = "%7.2fx" % (lmdb / t) if lmdb else "    n/a"
-            trips = "%11.3f" % (rs[-1]["rt"] / nblk) if "rt" in rs[-1] else "%11s" % "-"
-            print("%-14s %-7s %8.3f %7s %7.3f %8s %8s %5d MiB %s" % (
+            trips = ("%11.3f" % (rs[-1]["trips"] / nblk)
+                     if rs[-1].get("trips") is not None and k.startswith("outcore-pg")
+                     else "%11s" % "-")
+            stm = "%11.3f" % (rs[-1]["rt"] / nblk) if "rt" in rs[-1] else "%11s" % "-"
+            print("%-14s %-7s %8.3f %7s %7.3f %8s %8s %5d MiB %s %s" % (
                 k, phase, t, spread, gb / t, vs_copy, vs_lmdb,
-                max(r["rss"] for r in rs) >> 20, trips))
+                max(r["rss"] for r in rs) >> 20, trips, stm))
     print("(seconds: median of the rounds; spread: (max - min) / median; trips/block:"
-          " round trips of the last timed run / %d blocks)" % nblk)
+          " the engine's round trips (Store.stats()[\"round_trips\"]) of the last timed"
+          " run / %d blocks; stmts/block: the statements the server executed in it,"
+          " pg_stat_statements)" % nblk)
 
     # The same values from both stores (and the expected sum).
     want = 0.5 * nitems * (nitems - 1) / 2 + nitems
@@ -320,8 +351,10 @@ def main():
             wtx = sum(c for c, q in st if q.startswith("BEGIN ISOLATION LEVEL READ COMMITTED"))
             reads = sum(c for c, q in st if q.startswith("SELECT") and
                         " FROM outcore_blocks WHERE" in q)
-            print("%s %s: %d round trips for %d blocks: %d block reads%s%s" % (
-                k, phase, round_trips(st), nblk, reads,
+            print("%s %s: %s round trips (engine) for %d blocks; the server executed"
+                  " %d statements: %d block reads%s%s" % (
+                k, phase, res[(k, phase)][-1].get("trips", "?"), nblk,
+                round_trips(st), reads,
                 ", %d write transactions (open, schema, snapshots included)" % wtx
                 if wtx else "", ":" if args.verbose else " (-v: the statements)"))
             if args.verbose:

@@ -2146,7 +2146,7 @@ static PyObject *Store_stats(StoreObject *self, PyObject *unused)
 	if (err)
 		return raise_code(err, "Store.stats()");
 	return Py_BuildValue(
-		"{sKsKsKsKsKsKsKsKsKsKsKsKsKsKsKsK}",
+		"{sKsKsKsKsKsKsKsKsKsKsKsKsKsKsKsKsK}",
 		"commits", (unsigned long long)s.commits,
 		"aborts", (unsigned long long)s.aborts,
 		"failed_commits", (unsigned long long)s.failed_commits,
@@ -2162,7 +2162,8 @@ static PyObject *Store_stats(StoreObject *self, PyObject *unused)
 		"invalidated", (unsigned long long)s.invalidated,
 		"snapshot", (unsigned long long)s.snapshot,
 		"data_size", (unsigned long long)s.data_size,
-		"narrays_open", (unsigned long long)s.narrays_open);
+		"narrays_open", (unsigned long long)s.narrays_open,
+		"round_trips", (unsigned long long)s.round_trips);
 }
 
 static PyObject *Store_enter(StoreObject *self, PyObject *unused)
@@ -2255,7 +2256,8 @@ static PyMethodDef Store_methods[] = {
 	{"stats", (PyCFunction)Store_stats, METH_NOARGS,
 	 "stats() -> dict\n\nCounters of the store: commits, aborts, "
 	 "failed_commits, conflicts, blocks_stored, blocks_zeroed, "
-	 "bytes_written, loads, maps, holes, verified, corrupt, invalidated; "
+	 "bytes_written, loads, maps, holes, verified, corrupt, invalidated, "
+	 "round_trips (requests that waited for a server; 0 for LMDB); "
 	 "gauges snapshot, data_size, narrays_open."},
 	{"__enter__", (PyCFunction)Store_enter, METH_NOARGS, "Return self."},
 	{"__exit__", (PyCFunction)Store_exit, METH_VARARGS,

@@ -464,8 +464,11 @@ class Store:
         brought into RAM: copies + maps), stores, reclaims, faults; and the
         store's own: commits, aborts, failed_commits, conflicts,
         blocks_stored, blocks_zeroed, bytes_written, store_loads,
-        store_maps, holes, verified, corrupt, invalidated, snapshot,
-        data_size, narrays_open."""
+        store_maps, holes, verified, corrupt, invalidated, round_trips
+        (requests that waited for the server: exchanges in which the
+        PostgreSQL engine waited for an answer with nothing else of its own
+        in flight, a pipeline of read-ahead counting one; 0 for LMDB),
+        snapshot, data_size, narrays_open."""
         s = self._core().stats()
         r = self._ram.stats()
         out = {

@@ -30,17 +30,59 @@
  * can be mapped; a block absent from the snapshot is a hole and reads as
  * zeros).  The write connection runs commits.
  *
+ * Read-ahead.  A load that is the third in a row of consecutive blocks of
+ * one array puts rc in pipeline mode with requests for that block and the
+ * next ones in flight (ra_max: RA_MAX, fewer for blocks over RA_BYTES /
+ * RA_MAX), each with a sync point of its own; the next loads are served
+ * from the queue in order, each sending the request for one more block, so
+ * the server sends while the client copies and verifies.  Memory: the
+ * answers in flight are at most ra_max blocks (RA_BYTES, 16 MiB, for 2 MiB
+ * blocks) held by the kernel's socket buffers and libpq's input buffer,
+ * outside the RAM budget, plus the one result being copied.  Any other use
+ * of rc drops the queue (its answers are read and thrown away, pipeline
+ * mode is left): a load of another block or array, a metadata read,
+ * snapshot_renew (so no block of an old snapshot is served after it), an
+ * error or a lost connection (the load then goes the plain way, which
+ * reconnects).  Everything on rc runs under mu, so loads of several
+ * threads stay correct; threads scanning at once mostly read one by one.
+ * Blocks past the end of an array are asked for and answered as holes.
+ *
+ * Holes.  blk_map answers whether a block exists from a window of
+ * WIN_BLKS blocks of its array, read with one index-only query on rc when
+ * blk_load first meets a hole in the window in a snapshot (so reads of
+ * stored blocks never pay for it; NWIN windows kept, 512 bytes in all): a
+ * hole is OC_ZEROBLK (the core maps zeros, no load, no round trip: the
+ * first write of each new block after a commit faults), an existing block
+ * or one of no window OC_NOMAP (blk_load reads it).  The windows are
+ * dropped by snapshot_renew and when rc's snapshot moved after a lost
+ * connection (then nothing is answered from windows until the next
+ * snapshot); no window is read while read-ahead runs on the array, and
+ * the block at the head of its queue is left to the queue, hole or not.
+ *
+ * Round trips (stats round_trips): the exchanges in which the engine waits
+ * for the server with nothing else of its own in flight; the start of a
+ * read-ahead pipeline counts one, the answers served from it none.
+ *
  * Commit.  txn_begin opens a READ COMMITTED transaction and increments seq
  * with UPDATE ... RETURNING: the row lock serialises committers (it is the
  * writer lock, held to COMMIT), so seq order is commit order, and the
  * change log read right after holds every commit since our snapshot: a
  * block or metadata we write that is in it is a conflict (OC_ECONFLICT),
  * as are PostgreSQL's serialization failures and deadlocks (40001, 40P01).
- * Blocks are streamed with COPY ... FROM STDIN (FORMAT binary) into a temp
- * table (made once per session, outside the transactions, uncompressed;
- * all-zero blocks as NULL data: deleted), then merged into
- * outcore_blocks with one DELETE and one INSERT ... ON CONFLICT, and logged
- * with one INSERT ... SELECT: a constant number of round trips per commit.
+ * Blocks are streamed with COPY ... FROM STDIN (FORMAT binary).  A block
+ * known to be absent from the snapshot (of an array this transaction
+ * creates, or a hole in a window of blk_map: see "Holes") goes straight
+ * into outcore_blocks: nobody else can have stored it since (the change log
+ * would say so, and the writer lock is held); a unique violation would be
+ * a conflict all the same.  These blocks are logged with one INSERT of two
+ * arrays at commit.  The others (overwrites, all-zero blocks, blocks not
+ * known) go to a temp table (made once per session, outside the
+ * transactions, uncompressed; all-zero blocks as NULL data: deleted), then
+ * are merged into outcore_blocks with one DELETE and one INSERT ... ON
+ * CONFLICT (so written twice), and logged with one INSERT ... SELECT.  The
+ * two COPY streams take turns as the blocks come (a turn costs two round
+ * trips; writeout goes in block order, so turns are few): a constant
+ * number of round trips per commit and per turn.
  * COMMIT is the one commit point (durable with the server's default
  * synchronous_commit).
  *
@@ -84,6 +126,7 @@
 #include "store_engine.h"
 
 #include <errno.h>
+#include <libpq-events.h>
 #include <libpq-fe.h>
 #include <signal.h>
 #include <string.h>
@@ -96,6 +139,14 @@
  * them (doubled each time). */
 #define RECONNECT_TRIES 3
 #define RECONNECT_PAUSE_MS 100
+/* Read-ahead of sequential loads: at most RA_MAX requests in flight and at
+ * most RA_BYTES of blocks (see "Read-ahead" above). */
+#define RA_MAX 8
+#define RA_BYTES (16u << 20)
+/* Which blocks exist: windows of WIN_BLKS blocks, NWIN of them (see
+ * "Holes" above). */
+#define WIN_BLKS 1024
+#define NWIN 4
 
 struct pg_eng {
 	PGconn *rc;             /* read connection: the snapshot */
@@ -110,10 +161,28 @@ struct pg_eng {
 	struct oc_se_blkref *stale; /* sorted: changed in (snap_id, rc's] */
 	size_t nstale;
 	bool warned;            /* the loss of rc was printed */
+	/* Read-ahead: rc is in pipeline mode with ra_n requests for blocks
+	 * ra_head, ra_head + 1, ... of array ra_id in flight (ra_n 0: not in
+	 * pipeline mode); seq_*: the block after the last load, and how many
+	 * loads in a row were sequential. */
+	uint64_t ra_id, ra_head, seq_id, seq_next;
+	unsigned ra_n, ra_max, seq_run;
+	/* Holes: which blocks lo .. lo + WIN_BLKS - 1 of array id exist in
+	 * the snapshot snap_id (id 0: unused); win_next: the one replaced
+	 * next. */
+	struct pg_win {
+		uint64_t id, lo;
+		uint64_t bits[WIN_BLKS / 64];
+	} win[NWIN];
+	unsigned win_next;
 
-	bool in_w, copying, any_blocks;
+	bool in_w, any_blocks;
+	enum copy_to { COPY_NONE, COPY_TMP, COPY_DIRECT } copying; /* wc's */
 	bool have_tmp;          /* wc's session has outcore_tmp */
 	uint64_t w_id, w_xid, next_id;
+	uint64_t w_first_id;    /* ids from here on are created by this txn */
+	struct oc_se_blkref *direct; /* blocks copied into outcore_blocks */
+	size_t ndirect, cap_direct;
 	struct oc_se_blkref *changed; /* sorted: changed by others since snap */
 	size_t nchanged;
 	uint64_t last_commit;
@@ -124,6 +193,7 @@ struct pg_eng {
 
 	uint64_t n_stored, n_zeroed, n_bytes, n_loads, n_holes, n_verified,
 		n_corrupt;
+	uint64_t n_trips;       /* round trips, both connections (trip()) */
 };
 
 #define CNT(e, f) __atomic_add_fetch(&(e)->f, 1, __ATOMIC_RELAXED)
@@ -134,6 +204,25 @@ static void no_notice(void *arg, const char *msg)
 {
 	(void)arg;
 	(void)msg;
+}
+
+/* Round trips.  Each connection's instance data (of the event procedure
+ * ev_proc, which does nothing else) points to its engine's counter: the
+ * helpers that only get a connection count with trip(c). */
+static int ev_proc(PGEventId evt, void *info, void *pass)
+{
+	(void)evt, (void)info, (void)pass;
+	return 1;
+}
+
+/* One exchange in which the caller waits for the server's answer with no
+ * other request of its own in flight. */
+static void trip(PGconn *c)
+{
+	uint64_t *n = PQinstanceData(c, ev_proc);
+
+	if (n)
+		__atomic_add_fetch(n, 1, __ATOMIC_RELAXED);
 }
 
 /* The server of c for messages: host:port/database (no credentials). */
@@ -175,6 +264,12 @@ static int pg_err(PGconn *c, PGresult *r)
 		oc_set_error_detail("postgresql: serialization failure (%s)", state);
 		return OC_ECONFLICT;
 	}
+	if (state && !strcmp(state, "23505")) {
+		/* A row another writer made: a block of a new array, a name. */
+		oc_set_error_detail("postgresql: written meanwhile by another (%s)",
+				    state);
+		return OC_ECONFLICT;
+	}
 	if (conn_lost(c, r)) {
 		if (!msg)
 			msg = PQerrorMessage(c);
@@ -198,6 +293,7 @@ static PGresult *q(PGconn *c, const char *sql, int n, const char *const *vals,
 	ExecStatusType s = PQresultStatus(r);
 
 	OC_BUG_ON(n > 8);
+	trip(c);
 	if (s == PGRES_COMMAND_OK || s == PGRES_TUPLES_OK)
 		return r;
 	*err = pg_err(c, r);
@@ -223,6 +319,7 @@ static int exec0(PGconn *c, const char *sql)
 	ExecStatusType s = PQresultStatus(r);
 	int err = 0;
 
+	trip(c);
 	if (s != PGRES_COMMAND_OK && s != PGRES_TUPLES_OK)
 		err = pg_err(c, r);
 	PQclear(r);
@@ -236,7 +333,8 @@ static uint64_t val64(PGresult *r, int row, int col)
 	return _oc_get_be64((const unsigned char *)PQgetvalue(r, row, col));
 }
 
-static int pg_connect(PGconn **out, const char *conninfo)
+/* Connect; the connection counts its round trips in *trips. */
+static int pg_connect(PGconn **out, const char *conninfo, uint64_t *trips)
 {
 	PGconn *c = PQconnectdb(conninfo);
 
@@ -251,6 +349,11 @@ static int pg_connect(PGconn **out, const char *conninfo)
 		return OC_ESTOREIO;
 	}
 	PQsetNoticeProcessor(c, no_notice, NULL);
+	if (!PQregisterEventProc(c, ev_proc, "outcore", NULL) ||
+	    !PQsetInstanceData(c, ev_proc, trips)) {
+		PQfinish(c);
+		return -ENOMEM;
+	}
 	*out = c;
 	return 0;
 }
@@ -399,10 +502,12 @@ static int create_schema(PGconn *c)
 		err = has_schema(c, &yes);
 	if (!err && !yes)
 		err = exec0(c, SCHEMA);
-	if (!err)
+	if (!err) {
 		err = exec0(c, "COMMIT");
-	else
+	} else {
 		PQclear(PQexec(c, "ROLLBACK"));
+		trip(c);
+	}
 	return err;
 }
 
@@ -413,6 +518,7 @@ static int check_format(PGconn *c)
 	const char *state;
 	int err = 0;
 
+	trip(c);
 	if (PQresultStatus(r) != PGRES_TUPLES_OK) {
 		/* A table of that name that is not ours (other columns). */
 		state = PQresultErrorField(r, PG_DIAG_SQLSTATE);
@@ -445,6 +551,7 @@ static int rc_prepare(PGconn *c)
 				2, NULL);
 	int err = 0;
 
+	trip(c);
 	if (PQresultStatus(r) != PGRES_COMMAND_OK)
 		err = pg_err(c, r);
 	PQclear(r);
@@ -487,6 +594,119 @@ static void rc_warn(struct pg_eng *e)
 	e->warned = true;
 }
 
+/* ---- read-ahead (see "Read-ahead" above) ---- */
+
+/* Under mu: send the request for block blk of array id in pipeline mode,
+ * with a sync point of its own (so each answer ends by itself and an error
+ * does not abort the requests after it).  PQpipelineSync flushes. */
+static bool ra_send(struct pg_eng *e, uint64_t id, uint64_t blk)
+{
+	static const int fmts[2] = {1, 1};
+	unsigned char b[16];
+	const char *vals[2] = {(char *)b, (char *)b + 8};
+	int lens[2] = {8, 8};
+
+	_oc_put_be64(b, id);
+	_oc_put_be64(b + 8, blk);
+	return PQsendQueryPrepared(e->rc, "oc_blk", 2, vals, lens, fmts, 1) &&
+	       PQpipelineSync(e->rc);
+}
+
+/* Under mu: read and throw away what is in flight (ra_n sync points)
+ * and leave pipeline mode.  rc is left usable, or marked rc_bad (rc_reopen
+ * then connects it again if it is still in pipeline mode). */
+static void ra_drop(struct pg_eng *e)
+{
+	PGresult *r;
+
+	if (PQpipelineStatus(e->rc) == PQ_PIPELINE_OFF)
+		return;
+	/* Each request is answered by its result, NULL and its sync point;
+	 * two NULLs in a row: nothing more will come (a lost connection). */
+	while (e->ra_n) {
+		int nulls = 0;
+		bool synced = false;
+
+		while (!synced && nulls < 2) {
+			r = PQgetResult(e->rc);
+			nulls = r ? 0 : nulls + 1;
+			synced = PQresultStatus(r) == PGRES_PIPELINE_SYNC;
+			if (r && !synced && PQresultStatus(r) != PGRES_TUPLES_OK)
+				e->rc_bad = true; /* the snapshot is unusable */
+			PQclear(r);
+		}
+		if (!synced) {
+			e->rc_bad = true;
+			break;
+		}
+		e->ra_n--;
+	}
+	e->ra_n = 0;
+	if (!PQexitPipelineMode(e->rc))
+		e->rc_bad = true;
+}
+
+/* Under mu: start read-ahead at block blk of array id: ra_max requests in
+ * flight (one round trip for all of them).  Nothing happens on failure: the
+ * load goes the plain way. */
+static void ra_start(struct pg_eng *e, uint64_t id, uint64_t blk,
+		     size_t blksize)
+{
+	unsigned k = blksize >= RA_BYTES / 2 ? 2 : (unsigned)(RA_BYTES / blksize);
+
+	if (k > RA_MAX)
+		k = RA_MAX;
+	if (!PQenterPipelineMode(e->rc))
+		return;
+	e->ra_id = id;
+	e->ra_head = blk;
+	e->ra_max = k;
+	for (e->ra_n = 0; e->ra_n < k; e->ra_n++) {
+		if (!ra_send(e, id, blk + e->ra_n)) {
+			ra_drop(e);
+			return;
+		}
+	}
+	trip(e->rc);
+}
+
+/* Under mu: the answer for block ra_head (PGRES_TUPLES_OK), and the
+ * request for the next block not yet asked for, so ra_max stay in flight.
+ * NULL with *err on failure: read-ahead is dropped and rc_bad set; *lost
+ * when the connection went (the caller retries the plain way, which
+ * reconnects). */
+static PGresult *ra_take(struct pg_eng *e, int *err, bool *lost)
+{
+	PGresult *r = PQgetResult(e->rc), *x = NULL;
+	bool ok = r && PQresultStatus(r) == PGRES_TUPLES_OK;
+
+	if (ok && (x = PQgetResult(e->rc)))
+		ok = false; /* a second result: not the answer of oc_blk */
+	if (ok) {
+		x = PQgetResult(e->rc);
+		ok = PQresultStatus(x) == PGRES_PIPELINE_SYNC;
+		if (ok)
+			e->ra_n--; /* this request is answered */
+	}
+	if (!ok && PQresultStatus(x) == PGRES_PIPELINE_SYNC)
+		e->ra_n--;
+	PQclear(x);
+	if (!ok) {
+		*lost = conn_lost(e->rc, r);
+		*err = pg_err(e->rc, r);
+		PQclear(r);
+		ra_drop(e);
+		e->rc_bad = true;
+		return NULL;
+	}
+	e->ra_head++;
+	if (ra_send(e, e->ra_id, e->ra_head + e->ra_n))
+		e->ra_n++;
+	else
+		ra_drop(e);
+	return r;
+}
+
 /* Under mu: end rc's snapshot transaction (if any) and begin a new one,
  * reconnecting rc if it was lost, also if that shows only now.  *id: the
  * seq the new snapshot sees.  On error rc_bad stays set. */
@@ -494,15 +714,20 @@ static int rc_reopen(struct pg_eng *e, uint64_t *id)
 {
 	int err = 0;
 
+	ra_drop(e);
 	e->rc_bad = true;
 	for (int pass = 0; pass < 2; pass++) {
 		bool fresh = false;
 
 		err = 0;
-		if (PQstatus(e->rc) == CONNECTION_OK &&
+		/* Still in pipeline mode: read-ahead could not be ended,
+		 * the session is connected again. */
+		bool stuck = PQpipelineStatus(e->rc) != PQ_PIPELINE_OFF;
+
+		if (!stuck && PQstatus(e->rc) == CONNECTION_OK &&
 		    PQtransactionStatus(e->rc) != PQTRANS_IDLE)
 			err = exec0(e->rc, "ROLLBACK");
-		if (PQstatus(e->rc) != CONNECTION_OK) {
+		if (stuck || PQstatus(e->rc) != CONNECTION_OK) {
 			err = reconnect(e->rc);
 			if (err) {
 				rc_warn(e);
@@ -545,6 +770,8 @@ static int rc_recover(struct pg_eng *e)
 	e->stale = set;
 	e->nstale = n;
 	e->rc_moved = id != e->snap_id;
+	if (e->rc_moved)
+		memset(e->win, 0, sizeof e->win);
 	return 0;
 }
 
@@ -556,16 +783,18 @@ static PGresult *rc_query(struct pg_eng *e, const char *stmt, const char *sql,
 			  int n, const char *const *vals, const int *lens,
 			  int *err)
 {
-	static const int fmts[2] = {1, 1};
+	static const int fmts[3] = {1, 1, 1};
 	PGresult *r;
 	bool lost;
 
-	OC_BUG_ON(n > 2);
+	OC_BUG_ON(n > 3);
+	ra_drop(e);
 	for (int attempt = 0;; attempt++) {
 		if (e->rc_bad && (*err = rc_recover(e)))
 			return NULL;
 		r = stmt ? PQexecPrepared(e->rc, stmt, n, vals, lens, fmts, 1)
 			 : PQexecParams(e->rc, sql, n, NULL, vals, lens, fmts, 1);
+		trip(e->rc);
 		if (PQresultStatus(r) == PGRES_TUPLES_OK) {
 			if (attempt)
 				oc_set_error_detail(NULL); /* recovered */
@@ -621,7 +850,7 @@ static int eng_open(void **out, const char *path, int flags)
 		return -ENOMEM;
 	pthread_mutex_init(&e->mu, NULL);
 	e->flags = flags;
-	err = pg_connect(&e->wc, path);
+	err = pg_connect(&e->wc, path, &e->n_trips);
 	if (!err)
 		err = has_schema(e->wc, &yes);
 	if (!err && !yes) {
@@ -633,7 +862,7 @@ static int eng_open(void **out, const char *path, int flags)
 	if (!err)
 		err = check_format(e->wc);
 	if (!err)
-		err = pg_connect(&e->rc, path);
+		err = pg_connect(&e->rc, path, &e->n_trips);
 	if (!err)
 		err = rc_prepare(e->rc);
 	if (!err)
@@ -737,12 +966,73 @@ static int eng_array_list(void *p, int (*cb)(const char *, void *), void *arg)
 	return err;
 }
 
+/* Under mu: the window of block blk of array id, read if need be and
+ * fetch; NULL (with *err if a read failed): none. */
+static struct pg_win *win_get(struct pg_eng *e, uint64_t id, uint64_t blk,
+			      bool fetch, int *err)
+{
+	uint64_t lo = blk & ~(uint64_t)(WIN_BLKS - 1);
+	unsigned char b[24];
+	const char *vals[3] = {(char *)b, (char *)b + 8, (char *)b + 16};
+	int lens[3] = {8, 8, 8};
+	struct pg_win *w;
+	PGresult *r;
+
+	*err = 0;
+	/* The head of read-ahead is answered by its queue, hole or not: a
+	 * load of anything else would drop the queue. */
+	if (e->ra_n && e->ra_id == id && e->ra_head == blk)
+		return NULL;
+	for (w = e->win; w < e->win + NWIN; w++)
+		if (w->id == id && w->lo == lo)
+			return w;
+	/* Not while read-ahead runs on the array (it would be dropped), nor
+	 * from a snapshot other than snap_id, nor for block numbers that do
+	 * not compare as bigint. */
+	if (!fetch || (e->ra_n && e->ra_id == id) || e->rc_moved ||
+	    lo >= INT64_MAX - WIN_BLKS)
+		return NULL;
+	_oc_put_be64(b, id);
+	_oc_put_be64(b + 8, lo);
+	_oc_put_be64(b + 16, lo + WIN_BLKS);
+	r = rc_query(e, NULL, "SELECT blk FROM outcore_blocks WHERE array_id ="
+			      " $1::int8 AND blk >= $2::int8 AND blk < $3::int8",
+		     3, vals, lens, err);
+	if (!r || e->rc_moved) {
+		PQclear(r);
+		return NULL; /* the load will say what is wrong */
+	}
+	w = &e->win[e->win_next++ % NWIN];
+	memset(w, 0, sizeof *w);
+	w->id = id;
+	w->lo = lo;
+	for (int i = 0; i < PQntuples(r); i++) {
+		uint64_t k = val64(r, i, 0) - lo;
+		if (k < WIN_BLKS)
+			w->bits[k / 64] |= 1ull << (k % 64);
+	}
+	PQclear(r);
+	return w;
+}
+
 static int eng_blk_map(void *p, uint64_t id, uint64_t blk, size_t blksize,
 		       int do_verify, int *fd, uint64_t *off)
 {
-	(void)p, (void)id, (void)blk, (void)blksize, (void)do_verify;
-	(void)fd, (void)off;
-	return OC_NOMAP; /* nothing to map: blk_load copies */
+	struct pg_eng *e = p;
+	struct pg_win *w;
+	uint64_t k;
+	int err;
+
+	(void)blksize, (void)do_verify, (void)fd, (void)off;
+	pthread_mutex_lock(&e->mu);
+	w = win_get(e, id, blk, false, &err);
+	k = blk - (w ? w->lo : 0);
+	err = w && !(w->bits[k / 64] >> (k % 64) & 1) ? OC_ZEROBLK : OC_NOMAP;
+	pthread_mutex_unlock(&e->mu);
+	/* Nothing is ever mapped: blk_load copies existing blocks. */
+	if (err == OC_ZEROBLK)
+		CNT(e, n_holes);
+	return err;
 }
 
 static int eng_blk_load(void *p, uint64_t id, uint64_t blk, size_t blksize,
@@ -753,12 +1043,28 @@ static int eng_blk_load(void *p, uint64_t id, uint64_t blk, size_t blksize,
 	const char *vals[2] = {(char *)b, (char *)b + 8};
 	int lens[2] = {8, 8}, err = 0;
 	char where[160];
-	PGresult *r;
+	PGresult *r = NULL;
+	bool lost = false;
 
 	_oc_put_be64(b, id);
 	_oc_put_be64(b + 8, blk);
 	pthread_mutex_lock(&e->mu);
-	r = rc_query(e, "oc_blk", NULL, 2, vals, lens, &err);
+	/* Read-ahead: served from the queue when this load is its head;
+	 * started on the third load in a row of consecutive blocks. */
+	if (e->ra_n && (id != e->ra_id || blk != e->ra_head))
+		ra_drop(e);
+	e->seq_run = id == e->seq_id && blk == e->seq_next ? e->seq_run + 1 : 0;
+	e->seq_id = id;
+	e->seq_next = blk + 1;
+	if (!e->ra_n && e->seq_run >= 2 && !e->rc_bad)
+		ra_start(e, id, blk, blksize);
+	if (e->ra_n)
+		r = ra_take(e, &err, &lost);
+	if (!r && (!err || lost)) {
+		r = rc_query(e, "oc_blk", NULL, 2, vals, lens, &err);
+		if (r && lost)
+			oc_set_error_detail(NULL); /* recovered */
+	}
 	if (r && _oc_se_changed(e->stale, e->nstale, id, blk)) {
 		/* This snapshot's version of the block is gone. */
 		PQclear(r);
@@ -768,6 +1074,13 @@ static int eng_blk_load(void *p, uint64_t id, uint64_t blk, size_t blksize,
 				    "this transaction's snapshot, which was lost "
 				    "with the connection: commit or abort to see "
 				    "it", server(e->rc, where, sizeof where));
+	}
+	if (r && !PQntuples(r) && !e->ra_n) {
+		/* A hole: the holes around it are answered by blk_map from
+		 * now on (a failed read only leaves them to blk_load). */
+		int werr;
+		win_get(e, id, blk, true, &werr);
+		oc_set_error_detail(NULL);
 	}
 	pthread_mutex_unlock(&e->mu);
 	if (!r)
@@ -835,12 +1148,17 @@ static void eng_txn_abort(void *p)
 		PQputCopyEnd(e->wc, "aborted");
 		while ((r = PQgetResult(e->wc)))
 			PQclear(r);
-		e->copying = false;
+		e->copying = COPY_NONE;
 	}
-	if (e->in_w && PQstatus(e->wc) == CONNECTION_OK)
+	if (e->in_w && PQstatus(e->wc) == CONNECTION_OK) {
 		PQclear(PQexec(e->wc, "ROLLBACK"));
+		trip(e->wc);
+	}
 	e->in_w = false;
 	e->any_blocks = false;
+	free(e->direct);
+	e->direct = NULL;
+	e->ndirect = e->cap_direct = 0;
 	free(e->changed);
 	e->changed = NULL;
 	e->nchanged = 0;
@@ -940,7 +1258,7 @@ static int eng_txn_begin(void *p)
 		goto fail;
 	}
 	e->w_id = val64(r, 0, 0);
-	e->next_id = val64(r, 0, 1);
+	e->next_id = e->w_first_id = val64(r, 0, 1);
 	e->w_xid = val64(r, 0, 2);
 	PQclear(r);
 	if (e->uk) {
@@ -1086,6 +1404,26 @@ static int eng_txn_array(void *p, enum oc_se_change what, uint64_t id,
 	return -EINVAL;
 }
 
+/* Is block blk of array id absent from the snapshot, as far as is known
+ * without asking: an array this transaction creates, or a hole in a
+ * window blk_map read. */
+static bool known_absent(struct pg_eng *e, uint64_t id, uint64_t blk)
+{
+	uint64_t lo = blk & ~(uint64_t)(WIN_BLKS - 1), k = blk - lo;
+	bool absent = false;
+
+	if (id >= e->w_first_id)
+		return true;
+	pthread_mutex_lock(&e->mu);
+	for (struct pg_win *w = e->win; w < e->win + NWIN; w++)
+		if (w->id == id && w->lo == lo)
+			absent = !(w->bits[k / 64] >> (k % 64) & 1);
+	pthread_mutex_unlock(&e->mu);
+	return absent;
+}
+
+static int copy_end(struct pg_eng *e);
+
 static int put_copy(struct pg_eng *e, const void *buf, size_t n)
 {
 	if (PQputCopyData(e->wc, buf, (int)n) != 1)
@@ -1099,8 +1437,9 @@ static int eng_txn_block(void *p, uint64_t id, uint64_t blk, size_t blksize,
 	/* COPY BINARY header: signature, flags, header extension length. */
 	static const char header[19] = "PGCOPY\n\377\r\n\0\0\0\0\0\0\0\0";
 	struct pg_eng *e = p;
-	unsigned char t[2 + 3 * 12 + 4], *w = t;
-	bool zero;
+	unsigned char t[2 + 4 * 12 + 4], *w = t;
+	enum copy_to want;
+	bool zero, direct;
 	int err;
 
 	OC_BUG_ON(!e->in_w);
@@ -1114,32 +1453,57 @@ static int eng_txn_block(void *p, uint64_t id, uint64_t blk, size_t blksize,
 	}
 	if (blksize > INT32_MAX)
 		return -EINVAL;
+	zero = _oc_all_zero(buf, blksize);
+	/* A block absent from the snapshot (and so now: nobody changed it
+	 * since, and we hold the writer lock) goes straight into
+	 * outcore_blocks; the others through outcore_tmp. */
+	direct = !zero && known_absent(e, id, blk);
+	want = direct ? COPY_DIRECT : COPY_TMP;
+	if (e->copying && e->copying != want && (err = copy_end(e)))
+		return err;
+	if (direct && e->ndirect == e->cap_direct) {
+		size_t n = e->cap_direct ? 2 * e->cap_direct : 64;
+		struct oc_se_blkref *d = realloc(e->direct, n * sizeof *d);
+		if (!d)
+			return -ENOMEM;
+		e->direct = d;
+		e->cap_direct = n;
+	}
 	if (!e->copying) {
-		PGresult *r = PQexec(e->wc, "COPY outcore_tmp FROM STDIN"
-					    " (FORMAT binary)");
+		PGresult *r = PQexec(e->wc, direct ? "COPY outcore_blocks FROM STDIN"
+						     " (FORMAT binary)"
+						   : "COPY outcore_tmp FROM STDIN"
+						     " (FORMAT binary)");
+		trip(e->wc);
 		if (PQresultStatus(r) != PGRES_COPY_IN) {
 			err = pg_err(e->wc, r);
 			PQclear(r);
 			return err;
 		}
 		PQclear(r);
-		e->copying = true;
+		e->copying = want;
 		err = put_copy(e, header, sizeof header);
 		if (err)
 			return err;
 	}
-	zero = _oc_all_zero(buf, blksize);
-	w[0] = 0, w[1] = 4, w += 2; /* 4 fields */
+	/* Rows: outcore_tmp (array_id, blk, hash, data: NULL for zeros),
+	 * outcore_blocks (array_id, blk, hash, version, data). */
+	w[0] = 0, w[1] = direct ? 5 : 4, w += 2;
 	_oc_put_be32(w, 8), _oc_put_be64(w + 4, id), w += 12;
 	_oc_put_be32(w, 8), _oc_put_be64(w + 4, blk), w += 12;
 	_oc_put_be32(w, 8), _oc_put_be64(w + 4, zero ? 0 : XXH64(buf, blksize, 0)), w += 12;
+	if (direct)
+		_oc_put_be32(w, 8), _oc_put_be64(w + 4, e->w_id), w += 12;
 	_oc_put_be32(w, zero ? UINT32_MAX : (uint32_t)blksize), w += 4; /* -1: NULL */
 	err = put_copy(e, t, (size_t)(w - t));
 	if (!err && !zero)
 		err = put_copy(e, buf, blksize);
 	if (err)
 		return err;
-	e->any_blocks = true;
+	if (direct)
+		e->direct[e->ndirect++] = (struct oc_se_blkref){id, blk};
+	else
+		e->any_blocks = true;
 	if (zero) {
 		CNT(e, n_zeroed);
 	} else {
@@ -1155,15 +1519,53 @@ static int copy_end(struct pg_eng *e)
 	PGresult *r;
 	int err;
 
-	e->copying = false;
+	e->copying = COPY_NONE;
 	err = put_copy(e, trailer, sizeof trailer);
 	if (!err && PQputCopyEnd(e->wc, NULL) != 1)
 		err = pg_err(e->wc, NULL);
+	trip(e->wc);
 	while ((r = PQgetResult(e->wc))) {
 		if (!err && PQresultStatus(r) != PGRES_COMMAND_OK)
 			err = pg_err(e->wc, r);
 		PQclear(r);
 	}
+	return err;
+}
+
+/* Log the blocks copied straight into outcore_blocks: one INSERT of two
+ * arrays (text: "{id,...}", "{blk,...}"). */
+static int log_direct(struct pg_eng *e)
+{
+	size_t cap = e->ndirect * 21 + 3;
+	char *ids = malloc(cap), *blks = malloc(cap), *pi = ids, *pb = blks;
+	unsigned char b[8];
+	const char *vals[3] = {(char *)b, ids, blks};
+	int lens[3] = {8, 0, 0}, fmts[3] = {1, 0, 0}, err = 0;
+	PGresult *r;
+
+	if (!ids || !blks) {
+		free(ids);
+		free(blks);
+		return -ENOMEM;
+	}
+	*pi++ = '{', *pb++ = '{';
+	for (size_t i = 0; i < e->ndirect; i++) {
+		/* As stored: bit-cast to bigint. */
+		pi += sprintf(pi, "%s%lld", i ? "," : "", (long long)e->direct[i].id);
+		pb += sprintf(pb, "%s%lld", i ? "," : "", (long long)e->direct[i].blk);
+	}
+	strcpy(pi, "}");
+	strcpy(pb, "}");
+	_oc_put_be64(b, e->w_id);
+	r = PQexecParams(e->wc, "INSERT INTO outcore_log SELECT $1::int8,"
+				" unnest($2::int8[]), unnest($3::int8[])",
+			 3, NULL, vals, lens, fmts, 1);
+	trip(e->wc);
+	if (PQresultStatus(r) != PGRES_COMMAND_OK)
+		err = pg_err(e->wc, r);
+	PQclear(r);
+	free(ids);
+	free(blks);
 	return err;
 }
 
@@ -1195,7 +1597,9 @@ static int eng_txn_commit(void *p)
 		err = cmd(e->wc, "INSERT INTO outcore_log"
 				 " SELECT $1::int8, array_id, blk FROM outcore_tmp",
 			  1, vals, lens);
-	if (!err)
+	if (!err && e->ndirect)
+		err = log_direct(e);
+	if (!err && e->next_id != e->w_first_id) /* arrays were created */
 		err = cmd(e->wc, "UPDATE outcore_meta SET next_id = $1::int8"
 				 " WHERE id = 1", 1, vals + 1, lens + 1);
 	if (err) {
@@ -1205,6 +1609,7 @@ static int eng_txn_commit(void *p)
 		return err;
 	}
 	r = PQexec(e->wc, "COMMIT");
+	trip(e->wc);
 	if (PQresultStatus(r) != PGRES_COMMAND_OK ||
 	    strcmp(PQcmdStatus(r), "COMMIT")) {
 		bool lost = conn_lost(e->wc, r);
@@ -1260,6 +1665,7 @@ static int eng_snapshot_renew(void *p,
 			     " WHERE seq > $1::int8 AND seq <= $2::int8",
 		      2, vals, lens, &err);
 	}
+	memset(e->win, 0, sizeof e->win);
 	if (!err) {
 		e->snap_id = new_id;
 		e->rc_moved = false;
@@ -1295,6 +1701,7 @@ static void eng_stats(void *p, oc_store_stats_t *s)
 	s->holes = GET(n_holes);
 	s->verified = GET(n_verified);
 	s->corrupt = GET(n_corrupt);
+	s->round_trips = GET(n_trips);
 #undef GET
 	s->snapshot = e->snap_id;
 }

@@ -213,6 +213,12 @@ typedef struct oc_store_stats {
 	uint64_t blocks_folded; /* stored blocks written whole again because
 				 * their changed and pending delta pages were
 				 * more than a quarter of the block */
+	uint64_t round_trips;   /* requests that waited for the server: each
+				 * exchange in which the engine waited for an
+				 * answer with nothing else of its own in
+				 * flight (a pipeline of read-ahead requests
+				 * counts one; connecting is not counted).
+				 * 0 for the LMDB store */
 } oc_store_stats_t;
 
 /* Fill *stats.  Returns 0, OC_EFORKED. */

@@ -23,7 +23,7 @@ import outcore
 import pg_proxy
 import pg_server
 from conftest import PG_MISSING, new_database
-from test_store import BS, F8_PER_BLK, ROOT, peers  # noqa: F401  (fixture)
+from test_store import BS, F8_PER_BLK, ROOT, PeerError, peers  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.skipif(PG_MISSING is not None,
                                 reason=PG_MISSING or "")
@@ -273,3 +273,233 @@ def test_connection_lost_during_commit_retry_never_applies_twice(pgsrv, cut):
                           " WHERE blk = 0") == "2\n"
     with store(direct) as db:
         assert db["a"][0] == 2.0 and db["a"][F8_PER_BLK] == 3.0
+
+
+# ---- read-ahead and round trips ------------------------------------------------------
+
+def blocks_of(nblk):
+    """nblk blocks of float64, block b holding b + 1 everywhere."""
+    return numpy.repeat(numpy.arange(1, nblk + 1, dtype="<f8"), F8_PER_BLK)
+
+
+def test_sequential_scan_reads_ahead_few_round_trips(url, tmp_path):
+    nblk = 24
+    with store(url) as db:
+        db.create("a", (nblk * F8_PER_BLK,), "<f8")[:] = blocks_of(nblk)
+        db.commit()
+    with store(url, ram="16MiB") as db:       # fewer pages than blocks
+        A = db["a"]
+        t0 = db.stats()["round_trips"]
+        for b in range(nblk):                 # page faults, block by block
+            assert (A[b * F8_PER_BLK:(b + 1) * F8_PER_BLK] == b + 1).all(), b
+        st = db.stats()
+        trips = st["round_trips"] - t0
+        assert st["store_loads"] >= nblk
+        # without read-ahead a load is a round trip: here only the first
+        # two loads and the start of the pipeline are
+        assert trips <= nblk // 4, trips
+        # a jump back (not sequential) drops what is in flight and reads
+        # the right block; a scan again reads ahead again
+        assert (A[3 * F8_PER_BLK:4 * F8_PER_BLK] == 4).all()
+        assert float(A[...].sum()) == float(blocks_of(nblk).sum())
+    with outcore.open(str(tmp_path / "l"), ram="64MiB") as db:
+        db.create("a", (10,), "<f8")[:] = 1
+        db.commit()
+        assert db["a"][3] == 1 and db.stats()["round_trips"] == 0
+
+
+def test_read_ahead_serves_the_new_snapshot_after_foreign_commit(url, peers):
+    """Blocks requested ahead from the old snapshot are never served after
+    the snapshot is renewed: a peer's commit to a block in flight shows."""
+    nblk = 16
+    with store(url) as db:
+        db.create("a", (nblk * F8_PER_BLK,), "<f8")[:] = blocks_of(nblk)
+        db.commit()
+    db = store(url, ram="32MiB")
+    try:
+        A = db["a"]
+        for b in range(4):                    # loads 0..3: 4.. in flight
+            assert A[b * F8_PER_BLK] == b + 1
+        p = peers()
+        p(f"db = outcore.open({url!r}, ram='64MiB'); A = db['a']")
+        p(f"A[5 * {F8_PER_BLK}:6 * {F8_PER_BLK}] = -5.0; db.commit()")
+        # the same snapshot still: block 5 is the old one
+        assert A[4 * F8_PER_BLK] == 5 and A[5 * F8_PER_BLK + 1] == 6
+        db.abort()                            # a new snapshot
+        for b in range(6, 9):
+            assert A[b * F8_PER_BLK] == b + 1
+        for b in range(4):
+            assert A[b * F8_PER_BLK] == b + 1
+        assert (A[5 * F8_PER_BLK:6 * F8_PER_BLK] == -5.0).all()
+        expect = blocks_of(nblk)
+        expect[5 * F8_PER_BLK:6 * F8_PER_BLK] = -5.0
+        assert (A[...] == expect).all()
+    finally:
+        db.close()
+
+
+def test_read_ahead_across_a_server_restart(own):
+    """A restart with requests in flight: the scan reconnects and goes on
+    with the same snapshot (nobody committed)."""
+    url = new_database(own)
+    nblk = 12
+    with store(url) as db:
+        db.create("a", (nblk * F8_PER_BLK,), "<f8")[:] = blocks_of(nblk)
+        db.commit()
+    with store(url, ram="16MiB") as db:
+        A = db["a"]
+        for b in range(4):
+            assert A[b * F8_PER_BLK] == b + 1
+        own.restart()
+        for b in range(4, nblk):
+            assert (A[b * F8_PER_BLK:(b + 1) * F8_PER_BLK] == b + 1).all(), b
+
+
+def test_holes_are_answered_without_round_trips(url):
+    nblk = 300
+    with store(url) as db:
+        A = db.create("a", (nblk * F8_PER_BLK,), "<f8")
+        A[0] = 1.0
+        A[150 * F8_PER_BLK] = 2.0
+        db.commit()
+        t0 = db.stats()["round_trips"]
+        # after a commit, each new block's first write faults: no block
+        # read asks the server whether it exists
+        for b in range(1, 40):
+            A[b * F8_PER_BLK] = b
+        st = db.stats()
+        assert st["round_trips"] - t0 <= 3, st["round_trips"] - t0
+        assert st["store_loads"] == 0
+        db.commit()
+    with store(url, ram="16MiB") as db:
+        A = db["a"]
+        h0, t0 = db.stats()["holes"], db.stats()["round_trips"]
+        for b in range(160, 120, -1):          # backwards: no read-ahead
+            assert A[b * F8_PER_BLK + 1] == 0
+        assert A[150 * F8_PER_BLK] == 2.0
+        st = db.stats()
+        # the first hole is a load, then its window is read; block 150 is
+        # read (and read again after a reclaim)
+        assert st["holes"] - h0 == 39 and st["round_trips"] - t0 <= 4, st
+        v = A[...]
+        assert v[0] == 1 and v[150 * F8_PER_BLK] == 2 and v[39 * F8_PER_BLK] == 39
+        assert float(v.sum()) == 1 + 2 + sum(range(1, 40))
+
+
+def test_holes_after_a_foreign_commit_and_renew(url, peers):
+    with store(url) as db:
+        db.create("a", (8 * F8_PER_BLK,), "<f8")[0] = 1.0
+        db.commit()
+    db = store(url)
+    try:
+        A = db["a"]
+        assert A[3 * F8_PER_BLK] == 0          # block 3: a hole, window read
+        p = peers()
+        p(f"db = outcore.open({url!r}, ram='64MiB'); A = db['a']")
+        p(f"A[4 * {F8_PER_BLK}] = 4.0; db.commit()")
+        assert A[4 * F8_PER_BLK] == 0          # this snapshot: still a hole
+        db.abort()
+        assert A[4 * F8_PER_BLK] == 4.0       # the new one: stored
+        p(f"A[5 * {F8_PER_BLK}] = 5.0; db.commit()")
+        A[6 * F8_PER_BLK] = 6.0                # hole, written here
+        db.commit()                            # renews: sees block 5
+        assert A[5 * F8_PER_BLK] == 5.0 and A[6 * F8_PER_BLK] == 6.0
+    finally:
+        db.close()
+
+
+# ---- commit: blocks absent from the snapshot copied straight in ----------------------
+
+def test_commit_mixes_new_blocks_overwrites_and_zeros(url, peers):
+    nblk = 12
+    with store(url) as db:
+        A = db.create("a", (nblk * F8_PER_BLK,), "<f8")
+        A[:6 * F8_PER_BLK] = blocks_of(6)        # new array: straight in
+        db.commit()
+    p = peers()
+    p(f"db = outcore.open({url!r}, ram='64MiB'); A = db['a']")
+    assert p.eval(f"float(A[{7 * F8_PER_BLK}])") == 0.0   # a hole it holds
+    assert p.eval(f"float(A[{F8_PER_BLK}])") == 2.0
+    with store(url) as db:
+        A = db["a"]
+        # holes 6..9 (straight in), 1 and 3 overwritten, 2 zeroed (deleted),
+        # interleaved in block order: the COPY streams take turns
+        for b in (1, 3, 6, 7, 8, 9):
+            A[b * F8_PER_BLK:(b + 1) * F8_PER_BLK] = 10.0 * b
+        A[2 * F8_PER_BLK:3 * F8_PER_BLK] = 0
+        B = db.create("b", (2 * F8_PER_BLK,), "<f8")
+        B[:] = 5.0
+        db.commit()
+        st = db.stats()
+        assert st["blocks_stored"] == 6 + 2 and st["blocks_zeroed"] == 1
+    # the peer's pages of changed blocks are invalidated: the log has them
+    p("db.abort()")
+    assert p.eval(f"float(A[{7 * F8_PER_BLK}])") == 70.0
+    assert p.eval(f"float(A[{F8_PER_BLK}])") == 10.0
+    expect = numpy.zeros(nblk * F8_PER_BLK)
+    expect[:6 * F8_PER_BLK] = blocks_of(6)
+    for b in (1, 3, 6, 7, 8, 9):
+        expect[b * F8_PER_BLK:(b + 1) * F8_PER_BLK] = 10.0 * b
+    expect[2 * F8_PER_BLK:3 * F8_PER_BLK] = 0
+    with store(url) as db:
+        assert (db["a"][...] == expect).all()
+        assert (db["b"][...] == 5.0).all()
+    assert pg_server.psql(url, "SELECT count(*) FROM outcore_blocks") == "11\n"
+    assert pg_server.psql(url, "SELECT count(*) FROM outcore_log WHERE"
+                          " blk >= 0 AND seq = (SELECT max(seq) FROM"
+                          " outcore_log)") == "9\n"
+
+
+def test_two_writers_of_the_same_new_block_one_conflict(url, peers):
+    with store(url) as db:
+        db.create("a", (4 * F8_PER_BLK,), "<f8")[0] = 1.0
+        db.commit()
+    p, q = peers(), peers()
+    for x in (p, q):
+        x(f"db = outcore.open({url!r}, ram='64MiB'); A = db['a']")
+        x(f"A[{2 * F8_PER_BLK}] = 2.0")          # a hole in both snapshots
+    p("db.commit()")
+    with pytest.raises(PeerError) as ei:
+        q("db.commit()")
+    assert ei.value.name == "ConflictError"
+    with store(url) as db:
+        assert db["a"][2 * F8_PER_BLK] == 2.0
+
+
+def test_threads_scanning_at_once_read_the_right_blocks(url):
+    """Loads of several threads share the read connection (and its
+    read-ahead queue): each scan gets its own array's blocks, also with
+    holes and a jump back in between."""
+    import threading
+    nblk = 16
+    with store(url) as db:
+        for k in range(3):
+            A = db.create("a%d" % k, (nblk * F8_PER_BLK,), "<f8")
+            A[:] = blocks_of(nblk) * (k + 1)
+            A[5 * F8_PER_BLK:6 * F8_PER_BLK] = 0           # a hole
+        db.commit()
+    expect = {}
+    for k in range(3):
+        x = blocks_of(nblk) * (k + 1)
+        x[5 * F8_PER_BLK:6 * F8_PER_BLK] = 0
+        expect[k] = float(x.sum())
+    errors = []
+    with store(url, ram="24MiB") as db:               # pages are reclaimed
+        arrays = [db["a%d" % k] for k in range(3)]
+
+        def scan(k):
+            try:
+                for _ in range(3):
+                    s = float(numpy.add.reduce(arrays[k][...]))
+                    if s != expect[k]:
+                        errors.append((k, s))
+                    if arrays[k][2 * F8_PER_BLK] != 3 * (k + 1):
+                        errors.append((k, "jump"))
+            except Exception as e:                      # noqa: BLE001
+                errors.append((k, repr(e)))
+        ts = [threading.Thread(target=scan, args=(k,)) for k in range(3)]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join()
+    assert not errors, errors
