@@ -185,7 +185,8 @@ static void body_on_our_stack(void)
 	/* returns to serve_ret (uc_link) */
 }
 
-static void on_segv(int sig, siginfo_t *si, void *uc)
+/* (unused under the sanitizers, see oc_pagefault_install) */
+__attribute__((unused)) static void on_segv(int sig, siginfo_t *si, void *uc)
 {
 	int saved = errno;
 	ucontext_t run;
