@@ -1005,7 +1005,11 @@ def test_crash_safety_sigkill_during_commits(path):
             # server takes some 4x longer)
             time.sleep(rng.uniform(0, 0.25 if i % 4 else 0.6) * slow)
             p.kill()
-            out, err = p.communicate(timeout=30)
+            # through the same buffered reader as "ready" (communicate()
+            # would read the pipe beneath it and lose what readline()
+            # buffered: a commit printed right after "ready")
+            p.wait(timeout=30)
+            out, err = p.stdout.read(), p.stderr.read()
         finally:
             if p.poll() is None:
                 p.kill()
