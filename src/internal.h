@@ -195,8 +195,6 @@ void _oc_ram_note_used(oc_ram_t *ram);
 void *_oc_ram_slot_addr(oc_ram_t *ram, uint64_t slot);
 /* Fill a slot's window page tables for writing (after which it is warm). */
 int _oc_ram_warm_slot(oc_ram_t *ram, uint64_t slot);
-/* Reclaim up to n clean pages or base blocks (lock held); returns count. */
-uint64_t _oc_ram_reclaim_locked(oc_ram_t *ram, uint64_t n, bool for_budget);
 /* Every RAM (for fork handling and the map-count bound). */
 extern struct oc_list _oc_rams;
 /* Drop a ref from a handle (lock held). */

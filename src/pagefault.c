@@ -190,10 +190,13 @@ __attribute__((unused)) static void on_segv(int sig, siginfo_t *si, void *uc)
 {
 	int saved = errno;
 	ucontext_t run;
-	stack_t ss;
+	/* The alternate stack as the kernel saved it for this signal: no
+	 * system call on the fault path to learn whether we run on it. */
+	stack_t ss = ((ucontext_t *)uc)->uc_stack;
+	char *here_sp = (char *)&run;
 
-	if (si->si_code <= 0 || sigaltstack(NULL, &ss) ||
-	    !(ss.ss_flags & SS_ONSTACK))
+	if (si->si_code <= 0 || (ss.ss_flags & SS_DISABLE) || !ss.ss_size ||
+	    here_sp < (char *)ss.ss_sp || here_sp >= (char *)ss.ss_sp + ss.ss_size)
 		goto here; /* on the thread's own stack */
 	if (!fault_stack) {
 		void *p = mmap(NULL, FAULT_STACK, PROT_READ | PROT_WRITE,

@@ -336,24 +336,9 @@ static bool reclaim_one(oc_ram_t *ram, int64_t *reuse)
 	return false;
 }
 
-uint64_t _oc_ram_reclaim_locked(oc_ram_t *ram, uint64_t n, bool for_budget)
-{
-	uint64_t done = 0;
-
-	while (done < n && !oc_list_empty(&ram->lru_clean)) {
-		struct page *p = oc_container_of(ram->lru_clean.next,
-						 struct page, lru);
-		_oc_page_drop(p, false);
-		done++;
-	}
-	if (for_budget)
-		ram->st.reclaims += done;
-	return done;
-}
-
 int64_t oc_ram_reclaim(oc_ram_t *ram, uint64_t max_pages)
 {
-	int64_t n;
+	int64_t n = 0;
 
 	if (!ram)
 		return -EINVAL;
@@ -362,7 +347,12 @@ int64_t oc_ram_reclaim(oc_ram_t *ram, uint64_t max_pages)
 		_oc_unlock();
 		return OC_EFORKED;
 	}
-	n = (int64_t)_oc_ram_reclaim_locked(ram, max_pages, false);
+	/* clean pages and base blocks only: patched pages stay mapped */
+	while ((uint64_t)n < max_pages && !oc_list_empty(&ram->lru_clean)) {
+		_oc_page_drop(oc_container_of(ram->lru_clean.next, struct page,
+					      lru), false);
+		n++;
+	}
 	ram->st.reclaims += (uint64_t)n;
 	_oc_unlock();
 	return n;
@@ -381,15 +371,22 @@ static void note_overbudget(oc_ram_t *ram)
 	}
 }
 
-void _oc_ram_make_room(oc_ram_t *ram, uint64_t len)
+/* Reclaim until len more bytes fit the budget (see reclaim_one for
+ * reuse); past what can be reclaimed the budget is exceeded, and noted. */
+static void make_room(oc_ram_t *ram, uint64_t len, int64_t *reuse)
 {
 	while (_oc_ram_used(ram) + len > ram->budget) {
-		if (!reclaim_one(ram, NULL)) {
+		if (!reclaim_one(ram, reuse)) {
 			note_overbudget(ram);
 			return;
 		}
 		ram->st.reclaims++;
 	}
+}
+
+void _oc_ram_make_room(oc_ram_t *ram, uint64_t len)
+{
+	make_room(ram, len, NULL);
 }
 
 void _oc_ram_note_used(oc_ram_t *ram)
@@ -453,7 +450,6 @@ static int add_chunk(oc_ram_t *ram)
 int _oc_ram_get_slot(oc_ram_t *ram, bool part, uint64_t *slot, bool *warm,
 		     bool *zero)
 {
-	uint64_t need = part ? ram->granule : ram->pagesize;
 	int64_t reuse = -1;
 	int err;
 
@@ -462,13 +458,10 @@ int _oc_ram_get_slot(oc_ram_t *ram, bool part, uint64_t *slot, bool *warm,
 	 * first reclaimed page at once (no punch, no new allocation), unless
 	 * the slot is for a patched page, which must hold nothing but its
 	 * granules. */
-	while (_oc_ram_used(ram) + need > ram->budget) {
-		if (!reclaim_one(ram, part ? NULL : &reuse)) {
-			note_overbudget(ram);
-			break;
-		}
-		ram->st.reclaims++;
-	}
+	if (part)
+		make_room(ram, ram->granule, NULL);
+	else
+		make_room(ram, ram->pagesize, &reuse);
 	if (reuse >= 0) {
 		*slot = (uint64_t)reuse;
 		/* A recycled slot will be reused again and again: with a

@@ -708,13 +708,19 @@ static int snap_blk(struct lmdb_eng *e, uint64_t id, uint64_t blk,
 	return err;
 }
 
+/* Whether r's extent was verified at r's version (mu held). */
+static bool verified_locked(struct lmdb_eng *e, const struct blkrec *r)
+{
+	return (uint64_t)(uintptr_t)oc_pagemap_get(&e->verified, r->off >> 12) ==
+	       r->version;
+}
+
 static bool is_verified(struct lmdb_eng *e, const struct blkrec *r)
 {
 	bool yes;
 
 	pthread_mutex_lock(&e->mu);
-	yes = (uint64_t)(uintptr_t)oc_pagemap_get(&e->verified, r->off >> 12) ==
-	      r->version;
+	yes = verified_locked(e, r);
 	pthread_mutex_unlock(&e->mu);
 	return yes;
 }
@@ -786,8 +792,7 @@ static void *verifier(void *arg)
 		}
 		e->vq_next++;
 		if (!e->snap || blk_get(e, e->snap, id, blk, &r) || r.ndelta ||
-		    (uint64_t)(uintptr_t)oc_pagemap_get(&e->verified, r.off >> 12) ==
-			    r.version)
+		    verified_locked(e, &r))
 			continue;
 		e->vbusy_off = r.off;
 		pthread_mutex_unlock(&e->mu);
@@ -835,8 +840,7 @@ static bool verify_ahead(struct lmdb_eng *e, uint64_t id, uint64_t blk,
 	}
 	while (e->vbusy_off == r->off)
 		pthread_cond_wait(&e->vcond, &e->mu);
-	return (uint64_t)(uintptr_t)oc_pagemap_get(&e->verified, r->off >> 12) ==
-	       r->version;
+	return verified_locked(e, r);
 }
 
 static int eng_blk_load(void *p, uint64_t id, uint64_t blk, size_t blksize,
@@ -1332,6 +1336,22 @@ static bool any_changed(uint32_t changed, size_t granule, size_t off, size_t len
 	return false;
 }
 
+/* Read into e->old the stored granules of *old that meet a changed granule
+ * of the core's (these), or the others (!these). */
+static int read_granules(struct lmdb_eng *e, size_t blksize, uint32_t changed,
+			 size_t granule, const struct blkrec *old, bool these)
+{
+	unsigned n = granules_of(blksize), g;
+	size_t gs = blksize / n;
+	int err = 0;
+
+	for (g = 0; !err && g < n; g++)
+		if (any_changed(changed, granule, g * gs, gs) == these)
+			err = _oc_os_pread_all(e->datafd, e->old + g * gs, gs,
+					       old->off + g * gs);
+	return err == -EIO ? OC_ECORRUPT : err;
+}
+
 /* The new version of a block of which only the granules in changed may
  * differ from the stored one, *old, into e->old, with MARK_NEW in e->marks
  * for the pages that really changed, and its checksums into nr->gh.  When
@@ -1344,7 +1364,7 @@ static int assemble_part(struct lmdb_eng *e, uint64_t id, uint64_t blk,
 			 const struct blkrec *old, struct blkrec *nr,
 			 bool *partial)
 {
-	unsigned n = granules_of(blksize), g;
+	unsigned n = granules_of(blksize);
 	size_t gs = blksize / n, p;
 	uint32_t touched = 0;
 	int err;
@@ -1352,12 +1372,8 @@ static int assemble_part(struct lmdb_eng *e, uint64_t id, uint64_t blk,
 	*partial = old->ngran == n && !old->ndelta;
 	if (*partial) {
 		err = old_buffers(e, blksize);
-		for (g = 0; !err && g < n; g++)
-			if (any_changed(changed, granule, g * gs, gs))
-				err = _oc_os_pread_all(e->datafd, e->old + g * gs,
-						       gs, old->off + g * gs);
-		if (err == -EIO)
-			err = OC_ECORRUPT;
+		if (!err)
+			err = read_granules(e, blksize, changed, granule, old, true);
 	} else {
 		err = read_old(e, id, blk, blksize, old);
 	}
@@ -1385,15 +1401,7 @@ static int assemble_part(struct lmdb_eng *e, uint64_t id, uint64_t blk,
 static int complete_part(struct lmdb_eng *e, size_t blksize, uint32_t changed,
 			 size_t granule, const struct blkrec *old)
 {
-	unsigned n = granules_of(blksize), g;
-	size_t gs = blksize / n;
-	int err = 0;
-
-	for (g = 0; !err && g < n; g++)
-		if (!any_changed(changed, granule, g * gs, gs))
-			err = _oc_os_pread_all(e->datafd, e->old + g * gs, gs,
-					       old->off + g * gs);
-	return err == -EIO ? OC_ECORRUPT : err;
+	return read_granules(e, blksize, changed, granule, old, false);
 }
 
 /* Whether the block whose granule checksums are gh may be all zeros. */

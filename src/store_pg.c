@@ -824,6 +824,23 @@ static int rc_meta_ok(struct pg_eng *e)
 	return OC_ESTOREIO;
 }
 
+/* A metadata query from the snapshot (takes mu): the result, or NULL and
+ * *err. */
+static PGresult *meta_query(struct pg_eng *e, const char *sql, int n,
+			    const char *const *vals, const int *lens, int *err)
+{
+	PGresult *r;
+
+	pthread_mutex_lock(&e->mu);
+	r = rc_query(e, NULL, sql, n, vals, lens, err);
+	if (r && (*err = rc_meta_ok(e))) {
+		PQclear(r);
+		r = NULL;
+	}
+	pthread_mutex_unlock(&e->mu);
+	return r;
+}
+
 static void eng_close(void *p)
 {
 	struct pg_eng *e = p;
@@ -886,14 +903,8 @@ static int eng_array_get(void *p, const char *name, uint64_t *id,
 	int lens[1] = {(int)strlen(name)}, err = 0;
 	PGresult *r;
 
-	pthread_mutex_lock(&e->mu);
-	r = rc_query(e, NULL, "SELECT id, meta FROM outcore_arrays"
-			      " WHERE name = $1::bytea", 1, vals, lens, &err);
-	if (r && (err = rc_meta_ok(e))) {
-		PQclear(r);
-		r = NULL;
-	}
-	pthread_mutex_unlock(&e->mu);
+	r = meta_query(e, "SELECT id, meta FROM outcore_arrays"
+			  " WHERE name = $1::bytea", 1, vals, lens, &err);
 	if (!r)
 		return err;
 	if (PQntuples(r) != 1)
@@ -918,14 +929,8 @@ static int eng_array_name(void *p, uint64_t id, char **name)
 	PGresult *r;
 
 	_oc_put_be64(b, id);
-	pthread_mutex_lock(&e->mu);
-	r = rc_query(e, NULL, "SELECT name FROM outcore_arrays WHERE id = $1::int8",
-		     1, vals, lens, &err);
-	if (r && (err = rc_meta_ok(e))) {
-		PQclear(r);
-		r = NULL;
-	}
-	pthread_mutex_unlock(&e->mu);
+	r = meta_query(e, "SELECT name FROM outcore_arrays WHERE id = $1::int8",
+		       1, vals, lens, &err);
 	if (!r)
 		return err;
 	if (PQntuples(r) != 1)
@@ -943,14 +948,8 @@ static int eng_array_list(void *p, int (*cb)(const char *, void *), void *arg)
 	PGresult *r;
 	int err = 0;
 
-	pthread_mutex_lock(&e->mu);
-	r = rc_query(e, NULL, "SELECT name FROM outcore_arrays ORDER BY name", 0,
-		     NULL, NULL, &err);
-	if (r && (err = rc_meta_ok(e))) {
-		PQclear(r);
-		r = NULL;
-	}
-	pthread_mutex_unlock(&e->mu);
+	r = meta_query(e, "SELECT name FROM outcore_arrays ORDER BY name", 0,
+		       NULL, NULL, &err);
 	if (!r)
 		return err;
 	for (int i = 0; i < PQntuples(r) && !err; i++) {

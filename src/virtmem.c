@@ -374,6 +374,21 @@ static void bound_maps(void)
 	}
 }
 
+/* Record that page p is mapped in v with prot by r, at the price of cost
+ * kernel mappings. */
+static void link_rec(struct maprec *r, struct oc_vma *v, struct page *p,
+		     int prot, unsigned cost)
+{
+	r->vma = v;
+	r->page = p;
+	r->prot = prot;
+	r->cost = cost;
+	r->next = p->maps;
+	p->maps = r;
+	p->nmaps++;
+	nmaps += cost;
+}
+
 /* Map pages run[0..n) (consecutive blocks, none mapped in v yet, all
  * showing consecutive ranges of one descriptor, none patched) into v with
  * prot, with one mmap, filling the page tables when populate is set. */
@@ -412,17 +427,8 @@ static int map_run(struct oc_vma *v, struct page **run, uint64_t n, int prot,
 		err = err == -ENOMEM ? OC_EMAPLIMIT : err;
 		goto undo;
 	}
-	for (i = 0; i < n; i++) {
-		struct maprec *r = recs[i];
-		r->vma = v;
-		r->page = run[i];
-		r->prot = prot;
-		r->cost = 1;
-		r->next = run[i]->maps;
-		run[i]->maps = r;
-		run[i]->nmaps++;
-		nmaps++;
-	}
+	for (i = 0; i < n; i++)
+		link_rec(recs[i], v, run[i], prot, 1);
 	return 0;
 undo:
 	while (i-- > 0)
@@ -837,17 +843,12 @@ static int map_patched(struct oc_vma *v, struct page *p)
 		err = err == -ENOMEM ? OC_EMAPLIMIT : err;
 		goto out;
 	}
-	r->vma = v;
-	r->page = p;
-	r->prot = PROT_READ; /* of the base: a fault there is a write */
-	r->cost = cost;
-	r->next = p->maps;
-	p->maps = r;
-	if (p->nmaps++ == 0) {
+	/* PROT_READ: of the base, where a fault is a write */
+	link_rec(r, v, p, PROT_READ, cost);
+	if (p->nmaps == 1) {
 		ram->base_blocks++;
 		_oc_ram_note_used(ram);
 	}
-	nmaps += cost;
 out:
 	lru_touch(p);
 	return err;
