@@ -48,6 +48,15 @@ __attribute__((noreturn)) void _oc_bug(const char *file, int line,
 /* Whether len bytes (a multiple of 8, 8-aligned) are all zero. */
 bool _oc_all_zero(const void *buf, size_t len);
 
+/* XXH3 (64 bits) of n bytes at p, through the fastest implementation the
+ * CPU has (hash.c): the block checksum of the stores.  Safe anywhere,
+ * also in the fault handler. */
+uint64_t _oc_xxh3(const void *p, size_t n);
+/* Which implementation _oc_xxh3 uses ("avx2" or "libxxhash"), and the
+ * library's, for the tests that compare them. */
+const char *_oc_xxh3_impl(void);
+uint64_t _oc_xxh3_lib(const void *p, size_t n);
+
 /* Print a message to stderr with write(2) only (safe in a signal handler). */
 void _oc_msg(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
