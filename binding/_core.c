@@ -469,7 +469,7 @@ static PyObject *RAM_stats(RAMObject *self, PyObject *unused)
 	if (err)
 		return raise_code(err, "RAM.stats()");
 	return Py_BuildValue(
-		"{sKsKsKsKsKsKsKsKsKsKsKsKsKsKsKsKsKsKsKsKsKsKsK}",
+		"{sKsKsKsKsKsKsKsKsKsKsKsKsKsKsKsKsKsKsKsKsKsKsKsK}",
 		"budget", (unsigned long long)st.budget,
 		"pagesize", (unsigned long long)st.pagesize,
 		"used", (unsigned long long)st.used,
@@ -492,7 +492,8 @@ static PyObject *RAM_stats(RAMObject *self, PyObject *unused)
 		"patched_pages", (unsigned long long)st.patched_pages,
 		"patch_bytes", (unsigned long long)st.patch_bytes,
 		"granule_copies", (unsigned long long)st.granule_copies,
-		"patch_unmaps", (unsigned long long)st.patch_unmaps);
+		"patch_unmaps", (unsigned long long)st.patch_unmaps,
+		"patch_loads", (unsigned long long)st.patch_loads);
 }
 
 static PyObject *RAM_reclaim(RAMObject *self, PyObject *args)
@@ -535,7 +536,8 @@ static PyMethodDef RAM_methods[] = {
 	 "write_faults, reclaims, map_reclaims, overbudget; patched_pages "
 	 "(dirty base-layer blocks kept as their base plus the granules "
 	 "written), patch_bytes (those granules), granule_copies, "
-	 "patch_unmaps."},
+	 "patch_unmaps, patch_loads (blocks stored as a base plus changes "
+	 "loaded for a write as just their changed granules)."},
 	{"reclaim", (PyCFunction)RAM_reclaim, METH_VARARGS,
 	 "reclaim(n=all) -> int\n\nReclaim up to n clean pages (and "
 	 "base-mapped blocks), least recently used first, regardless of the "

@@ -201,6 +201,28 @@ static int sa_mapblk(oc_file_t *f, uint64_t blk, int *fd, uint64_t *off)
 	return err;
 }
 
+static int sa_mapblk_patched(oc_file_t *f, uint64_t blk, int *fd,
+			     uint64_t *off, void *buf, uint32_t *changed,
+			     size_t granule)
+{
+	struct sarray *sa = (struct sarray *)f;
+	oc_store_t *st = sa->st;
+	uint64_t id = sa_id(sa);
+	int err;
+
+	if (!id || (st->flags & OC_STORE_NOMAP) || !st->ops->blk_map_patched)
+		return OC_NOMAP;
+	oc_set_error_detail(NULL);
+	err = st->ops->blk_map_patched(st->eng, id, blk, f->blksize,
+				       !(st->flags & OC_STORE_NOVERIFY),
+				       granule, fd, off, buf, changed);
+	if (err == OC_ECORRUPT)
+		corrupt_msg(sa, blk);
+	else if (err && err != OC_NOMAP && err != OC_ZEROBLK)
+		name_in_detail(sa, blk);
+	return err;
+}
+
 static int sa_storeblk(oc_file_t *f, uint64_t blk, const void *buf)
 {
 	struct sarray *sa = (struct sarray *)f;
@@ -242,6 +264,7 @@ static const oc_file_ops_t sa_ops = {
 	.release = sa_release,
 	.mapblk = sa_mapblk,
 	.storeblk_part = sa_storeblk_part,
+	.mapblk_patched = sa_mapblk_patched,
 };
 
 /* A new record (one file reference: the store's). */

@@ -102,6 +102,15 @@ typedef struct oc_store_engine_ops {
 	int (*txn_block_part)(void *eng, uint64_t id, uint64_t blk,
 			      size_t blksize, const void *buf, uint32_t changed,
 			      size_t granule);
+
+	/* Optional: as oc_file_ops_t mapblk_patched (a snapshot read): a
+	 * block stored as an extent plus changes (page deltas) as its base
+	 * (fd, off) and the changed granules (granule bytes each) in buf and
+	 * *changed.  OC_NOMAP: use blk_load.  NULL: blk_load is used. */
+	int (*blk_map_patched)(void *eng, uint64_t id, uint64_t blk,
+			       size_t blksize, int verify, size_t granule,
+			       int *fd, uint64_t *off, void *buf,
+			       uint32_t *changed);
 } oc_store_engine_ops_t;
 
 extern const oc_store_engine_ops_t _oc_store_lmdb;

@@ -605,14 +605,15 @@ static void delta_key(unsigned char *kb, uint64_t id, uint64_t blk,
 	_oc_put_be64(kb + 16, page);
 }
 
-/* Lay the delta runs of block (id, blk) in txn over buf and count their
- * pages into *count.  With collect, also list the runs in e->runs and set
- * MARK_OLD in e->marks for their pages (the caller zeroes the marks).
- * Returns 0, OC_ECORRUPT (a run that does not fit the block), -ENOMEM or
- * an LMDB error. */
+/* Lay the delta runs of block (id, blk) in txn over buf (unless NULL),
+ * count their pages into *count and set in *gmask (unless NULL) the bits
+ * of the granules (granules_of) they touch.  With collect, also list the
+ * runs in e->runs and set MARK_OLD in e->marks for their pages (the
+ * caller zeroes the marks).  Returns 0, OC_ECORRUPT (a run that does not
+ * fit the block), -ENOMEM or an LMDB error. */
 static int deltas_apply(struct lmdb_eng *e, MDB_txn *txn, uint64_t id,
 			uint64_t blk, size_t blksize, void *buf, bool collect,
-			uint64_t *count)
+			uint64_t *count, uint32_t *gmask)
 {
 	MDB_cursor *c;
 	unsigned char kb[24];
@@ -644,7 +645,11 @@ static int deltas_apply(struct lmdb_eng *e, MDB_txn *txn, uint64_t id,
 			err = OC_ECORRUPT;
 			break;
 		}
-		memcpy((unsigned char *)buf + start * PG, v.mv_data, v.mv_size);
+		if (buf)
+			memcpy((unsigned char *)buf + start * PG, v.mv_data,
+			       v.mv_size);
+		for (uint64_t pg = start; gmask && pg < start + len; pg++)
+			*gmask |= (uint32_t)1 << (pg * granules_of(blksize) / np);
 		n += len;
 		if (!collect)
 			continue;
@@ -934,7 +939,8 @@ again:
 			pthread_mutex_unlock(&e->mu);
 			goto again;
 		}
-		err = deltas_apply(e, e->snap, id, blk, blksize, buf, false, &n);
+		err = deltas_apply(e, e->snap, id, blk, blksize, buf, false, &n,
+				   NULL);
 		pthread_mutex_unlock(&e->mu);
 		if (!err && n != r.ndelta)
 			err = OC_ECORRUPT;
@@ -987,6 +993,97 @@ static int eng_blk_map(void *p, uint64_t id, uint64_t blk, size_t blksize,
 	CNT(e, n_maps);
 	*fd = e->datafd;
 	*off = r.off;
+	return 0;
+}
+
+/* Check block r against its granule checksums: the granules in mask from
+ * buf, the others from its extent.  0 or OC_ECORRUPT. */
+static int verify_patched(struct lmdb_eng *e, const struct blkrec *r,
+			  size_t blksize, const unsigned char *buf,
+			  uint32_t mask)
+{
+	size_t gs = blksize / r->ngran;
+	const void *m;
+	bool ok = true;
+	int err = _oc_os_map_file_ro(e->datafd, r->off, blksize, &m);
+
+	if (err)
+		return err == -EIO ? OC_ECORRUPT : err;
+	CNT(e, n_verified);
+	for (unsigned g = 0; ok && g < r->ngran; g++)
+		ok = _oc_xxh3(((mask >> g) & 1 ? buf : (const unsigned char *)m) +
+				      g * gs, gs) == r->gh[g];
+	_oc_os_release((void *)m, blksize);
+	if (!ok) {
+		CNT(e, n_corrupt);
+		return OC_ECORRUPT;
+	}
+	set_verified(e, r);
+	return 0;
+}
+
+/* A block with page deltas, about to be written (blk_map_patched): its
+ * extent as the base, and the granules its deltas touch assembled in buf,
+ * so that the core keeps those granules in RAM and not the whole block.
+ * Verified granule by granule: those in buf from buf, the others from the
+ * extent.  OC_NOMAP when the block is better loaded whole (deltas in a
+ * quarter of the granules or more, another granule size, a format 1-2
+ * record). */
+static int eng_blk_map_patched(void *p, uint64_t id, uint64_t blk,
+			       size_t blksize, int do_verify, size_t granule,
+			       int *fd, uint64_t *off, void *buf,
+			       uint32_t *changed)
+{
+	struct lmdb_eng *e = p;
+	unsigned char *b = buf;
+	unsigned n = granules_of(blksize), g;
+	size_t gs = blksize / n;
+	struct blkrec r;
+	uint32_t mask;
+	uint64_t sid, cnt;
+	int err;
+
+again:
+	mask = 0;
+	pthread_mutex_lock(&e->mu);
+	err = blk_get(e, e->snap, id, blk, &r);
+	sid = e->snap_id;
+	if (!err && r.ndelta)
+		err = deltas_apply(e, e->snap, id, blk, blksize, NULL, false,
+				   &cnt, &mask);
+	pthread_mutex_unlock(&e->mu);
+	if (err == 1) {
+		CNT(e, n_holes);
+		return OC_ZEROBLK;
+	}
+	if (err)
+		return err;
+	if (!r.ndelta || r.ngran != n || granule != gs || !mask ||
+	    (unsigned)__builtin_popcount(mask) >= n / 4)
+		return OC_NOMAP;
+	for (g = 0; !err && g < n; g++)
+		if ((mask >> g) & 1)
+			err = _oc_os_pread_all(e->datafd, b + g * gs, gs,
+					       r.off + g * gs);
+	if (err)
+		return err == -EIO ? OC_ECORRUPT : err;
+	pthread_mutex_lock(&e->mu);
+	if (e->snap_id != sid) {
+		pthread_mutex_unlock(&e->mu);
+		goto again;
+	}
+	err = deltas_apply(e, e->snap, id, blk, blksize, buf, false, &cnt, NULL);
+	pthread_mutex_unlock(&e->mu);
+	if (!err && cnt != r.ndelta)
+		err = OC_ECORRUPT;
+	if (!err && do_verify && !is_verified(e, &r))
+		err = verify_patched(e, &r, blksize, buf, mask);
+	if (err)
+		return err;
+	CNT(e, n_maps);
+	*fd = e->datafd;
+	*off = r.off;
+	*changed = mask;
 	return 0;
 }
 
@@ -1341,12 +1438,8 @@ static int alloc_extent(struct lmdb_eng *e, uint64_t len, uint64_t *off)
 	return 0;
 }
 
-/* Store block (id, blk), which has the stored version *old, as page deltas
- * if few enough pages change: *whole is then false and the block record is
- * updated; else *whole is true and nothing is written. */
-/* Read the stored version of block (id, blk), *old, as this transaction
- * sees it (that is our snapshot's, or there was a conflict) into e->old,
- * and set e->marks to MARK_OLD for its delta pages. */
+/* Make room in e->old for a block of blksize, and clear what describes
+ * the block there: no marks, no delta runs. */
 static int old_buffers(struct lmdb_eng *e, size_t blksize)
 {
 	uint64_t np = blksize / PG;
@@ -1365,9 +1458,13 @@ static int old_buffers(struct lmdb_eng *e, size_t blksize)
 		e->old_size = blksize;
 	}
 	memset(e->marks, 0, np);
+	e->nruns = 0; /* they were another block's */
 	return 0;
 }
 
+/* Read the stored version of block (id, blk), *old, as this transaction
+ * sees it (that is our snapshot's, or there was a conflict) into e->old,
+ * and set e->marks to MARK_OLD for its delta pages (listed in e->runs). */
 static int read_old(struct lmdb_eng *e, uint64_t id, uint64_t blk,
 		    size_t blksize, const struct blkrec *old)
 {
@@ -1380,7 +1477,8 @@ static int read_old(struct lmdb_eng *e, uint64_t id, uint64_t blk,
 	if (err)
 		return err == -EIO ? OC_ECORRUPT : err;
 	if (old->ndelta) {
-		err = deltas_apply(e, e->w, id, blk, blksize, e->old, true, &nold);
+		err = deltas_apply(e, e->w, id, blk, blksize, e->old, true, &nold,
+				   NULL);
 		if (!err && nold != old->ndelta)
 			err = OC_ECORRUPT;
 	}
@@ -1485,6 +1583,9 @@ static bool maybe_zero(struct lmdb_eng *e, size_t blksize, const uint64_t *gh)
 	return true;
 }
 
+/* Store block (id, blk), which has the stored version *old, as page deltas
+ * if few enough pages change: *whole is then false and the block record is
+ * updated; else *whole is true and nothing is written. */
 static int store_delta(struct lmdb_eng *e, uint64_t id, uint64_t blk,
 		       size_t blksize, const unsigned char *buf,
 		       const struct blkrec *old, bool marked, struct blkrec *r,
@@ -1775,6 +1876,7 @@ const oc_store_engine_ops_t _oc_store_lmdb = {
 	.array_name = eng_array_name,
 	.array_list = eng_array_list,
 	.blk_map = eng_blk_map,
+	.blk_map_patched = eng_blk_map_patched,
 	.blk_load = eng_blk_load,
 	.txn_begin = eng_txn_begin,
 	.txn_array = eng_txn_array,

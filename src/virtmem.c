@@ -510,9 +510,12 @@ static int normalize(int r)
 	return r > 0 ? -EIO : r;
 }
 
-/* Load block blk of fh (absent from its pages).  Returns RETRY or an
- * error.  The lock is dropped while the file op runs. */
-static int load_page(oc_fileh_t *fh, uint64_t blk, uint64_t ahead)
+static int load_patched(oc_fileh_t *fh, struct page *p, bool *whole);
+
+/* Load block blk of fh (absent from its pages), for a write if write.
+ * Returns RETRY or an error.  The lock is dropped while the file op
+ * runs. */
+static int load_page(oc_fileh_t *fh, uint64_t blk, uint64_t ahead, bool write)
 {
 	oc_ram_t *ram = fh->ram;
 	oc_file_t *file = fh->file;
@@ -593,6 +596,16 @@ static int load_page(oc_fileh_t *fh, uint64_t blk, uint64_t ahead)
 			r = normalize(r);
 			goto drop;
 		}
+	}
+	if (r == OC_NOMAP && write && ram->ngran && file->ops->version >= 3 &&
+	    file->ops->mapblk_patched) {
+		bool whole = false;
+		r = load_patched(fh, p, &whole);
+		if (r)
+			goto drop;
+		if (!whole)
+			goto loaded;
+		r = OC_NOMAP;
 	}
 
 	{
@@ -956,6 +969,78 @@ out:
 	return err;
 }
 
+/* A write to loading page p of a block that the file stores as a base
+ * plus changed granules (mapblk_patched): make p a patched page holding
+ * just those granules, dirty and mapped nowhere yet; the write then
+ * patches the granule it hits as for any base block.  Returns 0 (with
+ * *whole set: load the whole block instead, because the file says so or
+ * too many granules changed), RETRY (p was invalidated meanwhile) or an
+ * error (lock held; dropped while the file op runs). */
+static int load_patched(oc_fileh_t *fh, struct page *p, bool *whole)
+{
+	oc_ram_t *ram = fh->ram;
+	oc_file_t *file = fh->file;
+	unsigned i = 0, a, b, n;
+	uint32_t changed = 0;
+	uint64_t off = 0, slot;
+	bool tmp, warm, zero;
+	int fd = -1, r;
+	char *buf = get_bounce(ram->pagesize, &tmp);
+
+	if (!buf)
+		return -ENOMEM;
+	_oc_unlock();
+	_oc_in_op = fh;
+	r = file->ops->mapblk_patched(file, p->blk, &fd, &off, buf, &changed,
+				      ram->granule);
+	_oc_in_op = NULL;
+	_oc_lock();
+	n = (unsigned)__builtin_popcount(changed);
+	if (p->state == PAGE_LOADING_INVAL) {
+		r = RETRY;
+	} else if (r == OC_NOMAP || r == OC_ZEROBLK ||
+		   (r == 0 && (!n || n >= PROMOTE_GRANULES(ram) ||
+			       (ram->ngran < 32 && changed >> ram->ngran)))) {
+		/* nothing to gain, or not granules of ours */
+		*whole = true;
+		r = 0;
+	} else {
+		r = normalize(r);
+	}
+	if (r || *whole)
+		goto out;
+	r = _oc_ram_get_slot(ram, true, &slot, &warm, &zero); /* 1 granule */
+	if (r)
+		goto out;
+	for (a = 1; a < n; a++)
+		_oc_ram_make_room(ram, ram->granule);
+	ram->sub_bytes += (uint64_t)(n - 1) << ram->granshift;
+	_oc_ram_note_used(ram);
+	while (!r && next_run(changed, ram->ngran, &i, &a, &b))
+		r = _oc_os_pwrite_all(ram->fd, buf + ((size_t)a << ram->granshift),
+				      (size_t)(b - a) << ram->granshift,
+				      (slot << ram->pageshift) +
+					      ((uint64_t)a << ram->granshift));
+	if (!r)
+		r = make_dirty(p);
+	if (r) {
+		ram->sub_bytes -= (uint64_t)n << ram->granshift;
+		_oc_ram_put_slot(ram, slot);
+		goto out;
+	}
+	p->slot = (int64_t)slot;
+	p->base_fd = fd;
+	p->base_off = off;
+	p->patched = true;
+	p->sub = changed;
+	ram->patched_pages++;
+	ram->st.granule_copies += n;
+	ram->st.patch_loads++;
+out:
+	put_bounce(buf, ram->pagesize, tmp);
+	return r;
+}
+
 /* Serve an access at addr in v.  write: 0 known read, 1 known write,
  * 2 unknown (a fault on a read-only mapping is then a write).  Returns
  * HANDLED, RETRY, or an error (-EDEADLK for a fault from inside an op of
@@ -1000,7 +1085,7 @@ static int fault_page(struct oc_vma *v, uintptr_t addr, int write,
 		}
 		if (ahead > rest)
 			ahead = rest;
-		return load_page(fh, blk, ahead);
+		return load_page(fh, blk, ahead, write == 1);
 	}
 	if (p->state == PAGE_LOADING) {
 		_oc_wait();
@@ -1543,7 +1628,7 @@ int oc_fileh_load(oc_fileh_t *fh, uint64_t blk, uint64_t n)
 					r = -EDEADLK;
 					goto out;
 				}
-				r = load_page(fh, b, 0);
+				r = load_page(fh, b, 0, false);
 				if (r == RETRY)
 					continue;
 				goto out;

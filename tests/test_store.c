@@ -10,6 +10,7 @@
  */
 #include "check.h"
 #include "testfile.h"
+#include "internal.h" /* _oc_os_under_valgrind */
 
 #include <dirent.h>
 #include <fcntl.h>
@@ -816,6 +817,22 @@ static void test_deltas(const char *path, const char *copy)
 			CHECK_EQ(oc_fileh_load(fh, 4, 1), OC_ECORRUPT,
 				 "corrupt extent under deltas: OC_ECORRUPT");
 			CHECK_EQ(oc_fileh_load(fh, 5, 1), 0, "other delta blocks load");
+			/* the same for a write (base + changed granules) */
+			oc_file_t *f = oc_fileh_file(fh);
+			unsigned char *b = malloc(BS);
+			uint32_t ch = 0;
+			uint64_t o = 0;
+			int fd2;
+			CHECK_EQ(f->ops->mapblk_patched(f, 4, &fd2, &o, b, &ch, 4096),
+				 OC_ECORRUPT, "for a write too: OC_ECORRUPT");
+			int r = f->ops->mapblk_patched(f, 6, &fd2, &o, b, &ch, 4096);
+			CHECK(r == 0 && ch == 1u << 5 &&
+			      !memcmp(b + 5 * 4096, model + 6 * W + 5 * PW, 4096),
+			      "another block with deltas for a write: its base and its "
+			      "changed granule (%#x)", ch);
+			CHECK_EQ(f->ops->mapblk_patched(f, 6, &fd2, &o, b, &ch, 8192),
+				 OC_NOMAP, "other granules than the store's: OC_NOMAP");
+			free(b);
 		}
 		oc_store_close(s);
 	}
@@ -904,6 +921,85 @@ static void test_partial(const char *path)
 	CHECK(ok && ss.corrupt == 0 && ss.verified == DN - 1 && ss.holes >= 1,
 	      "reopened: data, %llu verified, %llu holes",
 	      (unsigned long long)ss.verified, (unsigned long long)ss.holes);
+
+	/* Writes to blocks stored with deltas (not read before): only their
+	 * changed granules come to RAM (patched pages), not whole blocks. */
+	view_close(&v);
+	oc_store_close(s);
+	s = sopen(path, 0);
+	if (!s || view_open(s, "p", DN, &v))
+		goto out;
+	oc_store_stats(s, &s0);
+	oc_ram_stats(ram, &r0);
+	for (uint64_t b = 0; b < DN - 1; b++)
+		page_set(&v, model, b, 12, 7000 + b);
+	oc_ram_stats(ram, &rs);
+	if (_oc_os_under_valgrind()) {
+		/* Its faults carry no write bit: a first touch is taken for
+		 * a read, which loads the whole block. */
+		CHECK(rs.patch_loads == r0.patch_loads && rs.dirty_pages == DN - 1,
+		      "valgrind: writes to %u blocks with deltas load them whole",
+		      DN - 1);
+	} else {
+		CHECK(rs.patch_loads - r0.patch_loads == DN - 1 &&
+		      rs.patched_pages == DN - 1 && rs.cow_copies == r0.cow_copies &&
+		      rs.patch_bytes == (2 * (DN - 1) + 1) * 4096ull,
+		      "writes to %u blocks with deltas: %llu patched loads, %llu "
+		      "patched pages, %llu granule bytes (their deltas + the write)",
+		      DN - 1, (unsigned long long)(rs.patch_loads - r0.patch_loads),
+		      (unsigned long long)rs.patched_pages,
+		      (unsigned long long)rs.patch_bytes);
+	}
+	CHECK(same(&v, model, DN), "they show deltas and writes");
+	CHECK_EQ(oc_store_commit(s), 0, "commit them");
+	oc_store_stats(s, &ss);
+	CHECK(ss.delta_pages_written - s0.delta_pages_written == DN - 1 &&
+	      ss.blocks_stored == s0.blocks_stored,
+	      "one delta page more per block (%llu), no block written whole",
+	      (unsigned long long)(ss.delta_pages_written - s0.delta_pages_written));
+	CHECK(same(&v, model, DN), "the data after that commit");
+	/* One commit with a block with deltas (page 3), then a block without
+	 * any whose changed pages (2-4) span where the first one's delta
+	 * run starts: the second must not see the first one's runs. */
+	{
+		oc_array_meta_t m2 = meta1(2, NULL);
+		struct view q;
+		int err = oc_store_create(s, "q", &m2);
+		if (!err)
+			err = view_open(s, "q", 2, &q);
+		for (uint64_t i = 0; !err && i < 2 * W; i++)
+			q.p[i] = i + 1;
+		if (!err)
+			err = oc_store_commit(s);
+		for (uint64_t i = 3 * PW; !err && i < 4 * PW; i++)
+			q.p[i] = 7;
+		if (!err)
+			err = oc_store_commit(s);
+		for (uint64_t i = 3 * PW; !err && i < 4 * PW; i++)
+			q.p[i] = 8;
+		for (uint64_t i = W + 2 * PW; !err && i < W + 5 * PW; i++)
+			q.p[i] = 9;
+		if (!err)
+			err = oc_store_commit(s);
+		CHECK(!err, "deltas over deltas next to a block without: %s",
+		      oc_strerror(err));
+		if (!err) {
+			ok = 1;
+			for (uint64_t i = 0; i < 2 * W; i++)
+				ok &= q.p[i] == (i >= 3 * PW && i < 4 * PW ? 8 :
+						 i >= W + 2 * PW && i < W + 5 * PW ? 9 : i + 1);
+			CHECK(ok, "and both blocks hold their data");
+			view_close(&q);
+		}
+	}
+	view_close(&v);
+	oc_store_close(s);
+	s = sopen(path, 0);
+	if (!s || view_open(s, "p", DN, &v))
+		goto out;
+	ok = same(&v, model, DN);
+	oc_store_stats(s, &ss);
+	CHECK(ok && ss.corrupt == 0, "reopened: the data, verified");
 	view_close(&v);
 	oc_store_close(s);
 out:

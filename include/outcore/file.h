@@ -41,7 +41,7 @@ extern "C" {
 
 typedef struct oc_file oc_file_t;
 
-#define OC_FILE_OPS_VERSION 2
+#define OC_FILE_OPS_VERSION 3
 
 /* Returned by mapblk for a block with no mappable base: load it instead. */
 #define OC_NOMAP 1
@@ -50,7 +50,7 @@ typedef struct oc_file oc_file_t;
 #define OC_ZEROBLK 2
 
 typedef struct oc_file_ops {
-	unsigned version; /* OC_FILE_OPS_VERSION (2); 1 is accepted */
+	unsigned version; /* OC_FILE_OPS_VERSION (3); 1 and 2 are accepted */
 
 	/* Fill buf (blksize bytes, writable, page-aligned) with block blk.
 	 * Required. */
@@ -102,6 +102,23 @@ typedef struct oc_file_ops {
 	 * version 1 table): storeblk is called with the same buf. */
 	int (*storeblk_part)(oc_file_t *file, uint64_t blk, const void *buf,
 			     uint32_t changed, size_t granule);
+
+	/* ---- version 3 ---- */
+
+	/* Optional: for a write to block blk, which mapblk could not give
+	 * (OC_NOMAP) because it is stored as a mappable base plus changes
+	 * (a store's page deltas): return 0 with the base (*fd, *offset, as
+	 * mapblk does), in *changed the granules (bit i: bytes [i*granule,
+	 * (i+1)*granule)) that differ from it, and their bytes at their
+	 * offsets in buf (blksize bytes, writable; the rest is ignored).
+	 * The core then keeps just those granules in RAM (a patched page,
+	 * dirty, see virtmem.h) instead of loading the whole block; they are
+	 * passed back as changed to storeblk_part.  OC_NOMAP: load the block
+	 * with loadblk (say so when many granules changed); OC_ZEROBLK and
+	 * errors as mapblk.  NULL: loadblk is used. */
+	int (*mapblk_patched)(oc_file_t *file, uint64_t blk, int *fd,
+			      uint64_t *offset, void *buf, uint32_t *changed,
+			      size_t granule);
 } oc_file_ops_t;
 
 /* A file.  Embed it as the first member of your own structure (or anywhere,

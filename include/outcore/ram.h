@@ -119,6 +119,10 @@ typedef struct oc_ram_stats {
 	uint64_t patch_bytes;    /* bytes of the granules those hold */
 	uint64_t granule_copies; /* granules copied to RAM on first write */
 	uint64_t patch_unmaps;   /* patched blocks unmapped for the budget */
+	uint64_t patch_loads;    /* blocks stored as a base plus changes (a
+				    store's page deltas) loaded for a write
+				    as patched pages: their changed granules
+				    only (file op mapblk_patched) */
 } oc_ram_stats_t;
 
 /* Fill *st.  Returns 0. */

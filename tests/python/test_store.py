@@ -223,6 +223,48 @@ def test_roundtrip_many_arrays_one_transaction(path):
             assert same_bytes(A[...], ref[name])
 
 
+def test_rounds_of_scattered_updates(path):
+    """Scattered 64 KiB writes into 2 MiB blocks, committed, round after
+    round over the same blocks (on LMDB: page deltas upon page deltas).
+    Every round commits and the store equals the model; on LMDB a round
+    keeps only the granules it needs in RAM, not whole blocks."""
+    n = 32 * (2 << 20) // 8
+    per = (64 << 10) // 8
+    ref = numpy.arange(n, dtype=numpy.float64)
+    with store(path, ram="32MiB") as db:
+        A = db.create("u", (n,), numpy.float64, blksize=2 << 20)
+        A[...] = ref
+        db.commit()
+    rng = numpy.random.default_rng(5)
+    for rnd in range(4):
+        with store(path, ram="32MiB") as db:
+            A = db["u"]
+            starts = list(rng.integers(0, n // per, 24) * per)
+            # and a fixed pattern: a block that got deltas last round,
+            # then a block without any, whose run of changed granules
+            # spans where the first one's delta run starts
+            b = n // 32
+            starts += [2 * rnd * b + 5 * per, 2 * rnd * b + 6 * per]
+            if rnd:
+                starts += [(2 * rnd - 2) * b + 5 * per]
+                starts += [(2 * rnd - 1) * b + g * per for g in range(4, 8)]
+            starts = numpy.array(starts)
+            for k, s in enumerate(starts):
+                A[s:s + per] = ref[s:s + per] = rnd * 100 + k
+            if not is_pg(path):
+                ram = db.ram.stats()
+                touched = len(set(starts // (n // 32)))
+                # the written granules + at most the deltas' granules (a
+                # quarter of a block at most before it is loaded whole)
+                # (a block whose deltas reach a quarter of it loads whole)
+                assert ram["dirty_pages"] == touched, ram
+                assert ram["patched_pages"] >= touched - 2, ram
+                assert ram["patch_bytes"] <= touched * (2 << 20) // 4, ram
+            db.commit()
+        with store(path, ram="32MiB") as db:
+            assert same_bytes(db["u"][...], ref), rnd
+
+
 def test_abort_restores_data_metadata_attrs(path):
     db = store(path)
     A = db.create("a", (2 * F8_PER_BLK,), "<f8", attrs={"v": 1})
