@@ -1012,8 +1012,7 @@ static int load_patched(oc_fileh_t *fh, struct page *p, bool *whole)
 	r = _oc_ram_get_slot(ram, true, &slot, &warm, &zero); /* 1 granule */
 	if (r)
 		goto out;
-	for (a = 1; a < n; a++)
-		_oc_ram_make_room(ram, ram->granule);
+	_oc_ram_make_room(ram, (uint64_t)(n - 1) << ram->granshift);
 	ram->sub_bytes += (uint64_t)(n - 1) << ram->granshift;
 	_oc_ram_note_used(ram);
 	while (!r && next_run(changed, ram->ngran, &i, &a, &b))
