@@ -815,6 +815,31 @@ static int map_granules(oc_ram_t *ram, struct page *p, char *addr,
 				ram->fd, off, true);
 }
 
+/* Copy the granules of mask from src (a whole block's bytes) into the
+ * same granules of slot, with the kernel (pwrite). */
+static int put_granules(oc_ram_t *ram, uint64_t slot, const char *src,
+			uint32_t mask)
+{
+	unsigned i = 0, a, b;
+	int err = 0;
+
+	while (!err && next_run(mask, ram->ngran, &i, &a, &b))
+		err = _oc_os_pwrite_all(ram->fd, src + ((size_t)a << ram->granshift),
+					(size_t)(b - a) << ram->granshift,
+					(slot << ram->pageshift) +
+						((uint64_t)a << ram->granshift));
+	return err;
+}
+
+/* Count n more granules of patched pages in the budget, making room for
+ * them first. */
+static void add_granules(oc_ram_t *ram, unsigned n)
+{
+	_oc_ram_make_room(ram, (uint64_t)n << ram->granshift);
+	ram->sub_bytes += (uint64_t)n << ram->granshift;
+	_oc_ram_note_used(ram);
+}
+
 /* Show patched page p at addr with its granules mapped with gprot: the
  * base read-only (not populated: only what is touched costs), the
  * granules over it. */
@@ -872,16 +897,9 @@ out:
 static int promote_page(struct oc_vma *v, struct page *p)
 {
 	oc_ram_t *ram = v->fh->ram;
-	char *addr = page_addr(v, p->blk);
-	uint64_t off = (uint64_t)p->slot << ram->pageshift;
-	uint32_t gaps = ~p->sub;
-	unsigned i = 0, a, b;
-	int err = 0;
+	int err = put_granules(ram, (uint64_t)p->slot, page_addr(v, p->blk),
+			       ~p->sub);
 
-	while (!err && next_run(gaps, ram->ngran, &i, &a, &b))
-		err = _oc_os_pwrite_all(ram->fd, addr + ((size_t)a << ram->granshift),
-					(size_t)(b - a) << ram->granshift,
-					off + ((uint64_t)a << ram->granshift));
 	if (err)
 		return err;
 	_oc_page_unmap_all(p); /* also stops counting its base */
@@ -907,7 +925,7 @@ static int patch_page(struct oc_vma *v, struct page *p, uintptr_t addr)
 	oc_ram_t *ram = fh->ram;
 	char *blkaddr = page_addr(v, p->blk);
 	unsigned g = (unsigned)((addr - (uintptr_t)blkaddr) >> ram->granshift);
-	uint64_t goff = (uint64_t)g << ram->granshift, slot;
+	uint64_t slot;
 	bool fresh = !p->patched, warm, zero;
 	struct maprec *r, *next;
 	int err;
@@ -926,14 +944,11 @@ static int patch_page(struct oc_vma *v, struct page *p, uintptr_t addr)
 		if (err)
 			goto out;
 	} else {
-		_oc_ram_make_room(ram, ram->granule);
-		ram->sub_bytes += ram->granule;
-		_oc_ram_note_used(ram);
+		add_granules(ram, 1);
 		slot = (uint64_t)p->slot;
 	}
 	/* The kernel copies from v's read-only base mapping. */
-	err = _oc_os_pwrite_all(ram->fd, blkaddr + goff, ram->granule,
-				(slot << ram->pageshift) + goff);
+	err = put_granules(ram, slot, blkaddr, (uint32_t)1 << g);
 	if (!err && fresh)
 		err = make_dirty(p);
 	if (err) {
@@ -980,8 +995,8 @@ static int load_patched(oc_fileh_t *fh, struct page *p, bool *whole)
 {
 	oc_ram_t *ram = fh->ram;
 	oc_file_t *file = fh->file;
-	unsigned i = 0, a, b, n;
 	uint32_t changed = 0;
+	unsigned n;
 	uint64_t off = 0, slot;
 	bool tmp, warm, zero;
 	int fd = -1, r;
@@ -1012,14 +1027,8 @@ static int load_patched(oc_fileh_t *fh, struct page *p, bool *whole)
 	r = _oc_ram_get_slot(ram, true, &slot, &warm, &zero); /* 1 granule */
 	if (r)
 		goto out;
-	_oc_ram_make_room(ram, (uint64_t)(n - 1) << ram->granshift);
-	ram->sub_bytes += (uint64_t)(n - 1) << ram->granshift;
-	_oc_ram_note_used(ram);
-	while (!r && next_run(changed, ram->ngran, &i, &a, &b))
-		r = _oc_os_pwrite_all(ram->fd, buf + ((size_t)a << ram->granshift),
-				      (size_t)(b - a) << ram->granshift,
-				      (slot << ram->pageshift) +
-					      ((uint64_t)a << ram->granshift));
+	add_granules(ram, n - 1);
+	r = put_granules(ram, slot, buf, changed);
 	if (!r)
 		r = make_dirty(p);
 	if (r) {

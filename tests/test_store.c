@@ -82,6 +82,17 @@ static void view_close(struct view *v)
 	v->vma = NULL;
 }
 
+/* Close v and *s, open the store at path again and view its array name
+ * (nblk blocks) in v.  Returns 0, or -1 (said why). */
+static int reopen(const char *path, oc_store_t **s, struct view *v,
+		  const char *name, uint64_t nblk)
+{
+	view_close(v);
+	oc_store_close(*s);
+	*s = sopen(path, 0);
+	return *s && !view_open(*s, name, nblk, v) ? 0 : -1;
+}
+
 static void fill(struct view *v, uint64_t blk, uint64_t val)
 {
 	for (uint64_t i = 0; i < W; i++)
@@ -142,6 +153,22 @@ static int copy_file(const char *from, const char *to)
 	if (b >= 0)
 		close(b);
 	return ok ? 0 : -1;
+}
+
+/* Copy the store at path (its two files) to the directory copy, a check
+ * per file, and put the copy's data file name in data. */
+static void copy_store(const char *path, const char *copy, char *data,
+		       size_t n)
+{
+	const char *files[2] = {"index.mdb", "data"};
+	char from[700];
+
+	mkdir(copy, 0755);
+	for (int i = 0; i < 2; i++) {
+		snprintf(from, sizeof from, "%s/%s", path, files[i]);
+		snprintf(data, n, "%s/%s", copy, files[i]);
+		CHECK(!copy_file(from, data), "copy %s", files[i]);
+	}
 }
 
 static void rm_tree(const char *d)
@@ -520,7 +547,7 @@ static void test_corrupt(const char *path, const char *copy)
 	oc_store_t *s = sopen(path, 0);
 	oc_fileh_t *fh;
 	oc_file_t *f;
-	char from[700], to[700];
+	char to[700];
 	uint64_t off = 0;
 	int fd, err, flags[3] = {0, OC_STORE_NOMAP, OC_STORE_NOVERIFY};
 
@@ -530,13 +557,7 @@ static void test_corrupt(const char *path, const char *copy)
 	CHECK_EQ(f->ops->mapblk(f, 1, &fd, &off), 0, "block 1 of a is mappable");
 	oc_store_close(s);
 
-	mkdir(copy, 0755);
-	snprintf(from, sizeof from, "%s/index.mdb", path);
-	snprintf(to, sizeof to, "%s/index.mdb", copy);
-	CHECK(!copy_file(from, to), "copy index");
-	snprintf(from, sizeof from, "%s/data", path);
-	snprintf(to, sizeof to, "%s/data", copy);
-	CHECK(!copy_file(from, to), "copy data");
+	copy_store(path, copy, to, sizeof to);
 	fd = open(to, O_RDWR);
 	{
 		unsigned char c;
@@ -577,7 +598,7 @@ static void test_corrupt_scan(const char *path, const char *copy)
 	struct view v;
 	uint64_t off[SN];
 	oc_file_t *f;
-	char from[700], to[700];
+	char to[700];
 	const uint64_t bad[] = {1, 2, 40, SN - 1};
 
 	if (!s || oc_store_create(s, "scan", &m) || view_open(s, "scan", SN, &v)) {
@@ -602,13 +623,7 @@ static void test_corrupt_scan(const char *path, const char *copy)
 		uint64_t nbad = 0, wrong = 0;
 		unsigned char c;
 		int fd;
-		mkdir(copy, 0755);
-		snprintf(from, sizeof from, "%s/index.mdb", path);
-		snprintf(to, sizeof to, "%s/index.mdb", copy);
-		CHECK(!copy_file(from, to), "copy index");
-		snprintf(from, sizeof from, "%s/data", path);
-		snprintf(to, sizeof to, "%s/data", copy);
-		CHECK(!copy_file(from, to), "copy data");
+		copy_store(path, copy, to, sizeof to);
 		fd = open(to, O_RDWR);
 		CHECK(off[bad[k]] != UINT64_MAX &&
 		      pread(fd, &c, 1, (off_t)(off[bad[k]] + BS - 100)) == 1,
@@ -797,16 +812,10 @@ static void test_deltas(const char *path, const char *copy)
 	/* a corrupt base extent under deltas is caught by the checksum of
 	 * the assembled block (byte 1000: page 0, not a delta page) */
 	{
-		char from[700], to[700];
+		char to[700];
 		unsigned char c;
 		oc_fileh_t *fh;
-		mkdir(copy, 0755);
-		snprintf(from, sizeof from, "%s/index.mdb", path);
-		snprintf(to, sizeof to, "%s/index.mdb", copy);
-		CHECK(!copy_file(from, to), "copy index");
-		snprintf(from, sizeof from, "%s/data", path);
-		snprintf(to, sizeof to, "%s/data", copy);
-		CHECK(!copy_file(from, to), "copy data");
+		copy_store(path, copy, to, sizeof to);
 		fd = open(to, O_RDWR);
 		CHECK(fd >= 0 && pread(fd, &c, 1, (off_t)off4 + 1000) == 1, "read a byte of block 4");
 		c ^= 0x5a;
@@ -874,12 +883,9 @@ static void test_partial(const char *path)
 	/* the last block holds data in its first page only */
 	page_set(&v, model, DN - 1, 0, 4242);
 	CHECK_EQ(oc_store_commit(s), 0, "commit");
-	view_close(&v);
-	oc_store_close(s);
 
 	/* reopened: the blocks are mapped from the store, then patched */
-	s = sopen(path, 0);
-	if (!s || view_open(s, "p", DN, &v))
+	if (reopen(path, &s, &v, "p", DN))
 		goto out;
 	CHECK(same(&v, model, DN), "reopened: the data");
 	oc_store_stats(s, &s0);
@@ -909,12 +915,9 @@ static void test_partial(const char *path)
 	oc_ram_stats(ram, &rs);
 	CHECK(rs.patched_pages == 0 && rs.dirty_pages == 0, "nothing dirty after commit");
 	CHECK(same(&v, model, DN), "the data after commit");
-	view_close(&v);
-	oc_store_close(s);
 
 	/* reopened: every block verifies against its granule checksums */
-	s = sopen(path, 0);
-	if (!s || view_open(s, "p", DN, &v))
+	if (reopen(path, &s, &v, "p", DN))
 		goto out;
 	ok = same(&v, model, DN);
 	oc_store_stats(s, &ss);
@@ -924,10 +927,7 @@ static void test_partial(const char *path)
 
 	/* Writes to blocks stored with deltas (not read before): only their
 	 * changed granules come to RAM (patched pages), not whole blocks. */
-	view_close(&v);
-	oc_store_close(s);
-	s = sopen(path, 0);
-	if (!s || view_open(s, "p", DN, &v))
+	if (reopen(path, &s, &v, "p", DN))
 		goto out;
 	oc_store_stats(s, &s0);
 	oc_ram_stats(ram, &r0);
@@ -992,10 +992,7 @@ static void test_partial(const char *path)
 			view_close(&q);
 		}
 	}
-	view_close(&v);
-	oc_store_close(s);
-	s = sopen(path, 0);
-	if (!s || view_open(s, "p", DN, &v))
+	if (reopen(path, &s, &v, "p", DN))
 		goto out;
 	ok = same(&v, model, DN);
 	oc_store_stats(s, &ss);
