@@ -181,6 +181,7 @@ struct pg_eng {
 	bool have_tmp;          /* wc's session has outcore_tmp */
 	uint64_t w_id, w_xid, next_id;
 	uint64_t w_first_id;    /* ids from here on are created by this txn */
+	uint64_t w_exists_id;   /* array found still there in this txn (0) */
 	struct oc_se_blkref *direct; /* blocks copied into outcore_blocks */
 	size_t ndirect, cap_direct;
 	struct oc_se_blkref *changed; /* sorted: changed by others since snap */
@@ -1257,6 +1258,7 @@ static int eng_txn_begin(void *p)
 		goto fail;
 	}
 	e->w_id = val64(r, 0, 0);
+	e->w_exists_id = 0;
 	e->next_id = e->w_first_id = val64(r, 0, 1);
 	e->w_xid = val64(r, 0, 2);
 	PQclear(r);
@@ -1444,11 +1446,17 @@ static int eng_txn_block(void *p, uint64_t id, uint64_t blk, size_t blksize,
 	OC_BUG_ON(!e->in_w);
 	if (changed_by_others(e, id, blk))
 		return OC_ECONFLICT;
-	if (changed_by_others(e, id, OC_SE_META)) {
-		/* Deleted (or recreated) meanwhile? */
+	if (changed_by_others(e, id, OC_SE_META) && e->w_exists_id != id) {
+		/* Deleted (or recreated) meanwhile?  Asked once per array (its
+		 * blocks come together; the writer lock keeps the answer),
+		 * after ending a COPY in progress: the connection runs one
+		 * command at a time. */
+		if (e->copying && (err = copy_end(e)))
+			return err;
 		err = w_exists(e, id);
 		if (err)
 			return err == OC_ENOTFOUND ? OC_ECONFLICT : err;
+		e->w_exists_id = id;
 	}
 	if (blksize > INT32_MAX)
 		return -EINVAL;

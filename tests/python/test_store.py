@@ -728,6 +728,28 @@ def test_four_processes_commit_their_quarters_at_once_fifth_sums(path, peers):
         assert p.eval("db.stats()['conflicts']") == 0
 
 
+def test_blocks_commit_after_another_process_changed_the_attrs(path, peers):
+    """Another process commits a change to the array's attrs (metadata)
+    while this one writes several of its blocks: no conflict (different
+    things), and the commit checks the array still exists without
+    breaking the transfer of the blocks."""
+    with store(path) as db:
+        db.create("a", (4 * F8_PER_BLK,), "<f8")
+        db.create("b", (2 * F8_PER_BLK,), "<f8")
+        db.commit()
+    p = peers()
+    p(f"db = outcore.open({path!r}, ram='64MiB'); A = db['a']")
+    with store(path) as db:
+        A, B = db["a"], db["b"]
+        B[:] = 5.0                       # blocks of another array first
+        A[:] = 7.0                       # then new blocks of "a"
+        p("A.attrs['by'] = 'peer'; db.commit()")
+        db.commit()
+    with store(path) as db:
+        assert (db["a"][...] == 7.0).all() and (db["b"][...] == 5.0).all()
+        assert db["a"].attrs == {"by": "peer"}
+
+
 @pytest.mark.parametrize("what", ["block", "resize", "attrs", "delete"])
 def test_two_processes_same_thing_exactly_one_conflict(path, peers, what):
     with store(path) as db:
