@@ -115,8 +115,8 @@
  *   the next snapshot_renew.  A read that cannot reconnect fails and
  *   prints one line naming the server (once until reconnected): inside a
  *   page fault the core retries and then stops the process naming the
- *   array and block.  (A load in a page fault may run on a small signal
- *   stack: reconnecting then runs on a thread of its own.)
+ *   array and block.  (A load in a page fault taken on a program's small
+ *   signal stack runs on a stack of the core's: see pagefault.c.)
  *
  * Not done in this first cut: page deltas (blocks are always written
  * whole), pruning of outcore_log, verified-once tracking (every load is
@@ -126,9 +126,9 @@
 #include "store_engine.h"
 
 #include <errno.h>
+#include <stdarg.h>
 #include <libpq-events.h>
 #include <libpq-fe.h>
-#include <signal.h>
 #include <string.h>
 #include <time.h>
 #include <xxhash.h>
@@ -236,6 +236,21 @@ static const char *server(PGconn *c, char *buf, size_t n)
 	return buf;
 }
 
+/* Set the error detail to "postgresql server HOST:PORT/DB: " and fmt. */
+static void srv_detail(PGconn *c, const char *fmt, ...)
+	__attribute__((format(printf, 2, 3)));
+static void srv_detail(PGconn *c, const char *fmt, ...)
+{
+	char where[160], what[256];
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(what, sizeof what, fmt, ap);
+	va_end(ap);
+	oc_set_error_detail("postgresql server %s: %s",
+			    server(c, where, sizeof where), what);
+}
+
 /* The first line of a libpq message (for details of one line). */
 static int line_len(const char *m)
 {
@@ -259,7 +274,6 @@ static int pg_err(PGconn *c, PGresult *r)
 {
 	const char *state = r ? PQresultErrorField(r, PG_DIAG_SQLSTATE) : NULL;
 	const char *msg = r ? PQresultErrorField(r, PG_DIAG_MESSAGE_PRIMARY) : NULL;
-	char where[160];
 
 	if (state && (!strcmp(state, "40001") || !strcmp(state, "40P01"))) {
 		oc_set_error_detail("postgresql: serialization failure (%s)", state);
@@ -274,9 +288,7 @@ static int pg_err(PGconn *c, PGresult *r)
 	if (conn_lost(c, r)) {
 		if (!msg)
 			msg = PQerrorMessage(c);
-		oc_set_error_detail("postgresql server %s: connection lost (%.*s)",
-				    server(c, where, sizeof where), line_len(msg),
-				    msg);
+		srv_detail(c, "connection lost (%.*s)", line_len(msg), msg);
 	} else {
 		oc_set_error_detail("postgresql: %s%s%s", state ? state : "",
 				    state ? ": " : "", msg ? msg : "query failed");
@@ -362,9 +374,8 @@ static int pg_connect(PGconn **out, const char *conninfo, uint64_t *trips)
 /* Connect c again after a loss (PQreset: the same parameters; the notice
  * processor stays): RECONNECT_TRIES attempts with growing pauses.  Returns
  * 0 or OC_ESTOREIO with the detail. */
-static int reconnect_here(PGconn *c)
+static int reconnect(PGconn *c)
 {
-	char where[160];
 	const char *m;
 
 	for (int i = 0; i < RECONNECT_TRIES; i++) {
@@ -378,51 +389,10 @@ static int reconnect_here(PGconn *c)
 			return 0;
 	}
 	m = PQerrorMessage(c);
-	oc_set_error_detail("postgresql server %s: connection lost; %d attempts "
-			    "to reconnect failed (%.*s)",
-			    server(c, where, sizeof where), RECONNECT_TRIES,
-			    line_len(m), m);
+	srv_detail(c, "connection lost; %d attempts "
+		   "to reconnect failed (%.*s)", RECONNECT_TRIES,
+		   line_len(m), m);
 	return OC_ESTOREIO;
-}
-
-struct reconnect_call {
-	PGconn *c;
-	int err;
-	char detail[256];
-};
-
-static void *reconnect_thread(void *p)
-{
-	struct reconnect_call *call = p;
-
-	call->err = reconnect_here(call->c);
-	if (call->err)
-		snprintf(call->detail, sizeof call->detail, "%s", oc_error_detail());
-	return NULL;
-}
-
-/* reconnect_here, on a thread of its own when this one runs on its signal
- * alternate stack: a load inside a page fault runs in the SIGSEGV handler,
- * which may be on a small stack the application set (Python's faulthandler
- * sets one of a few KiB), too small for connecting (name lookup, SCRAM,
- * TLS).  The thread inherits nothing else that matters. */
-static int reconnect(PGconn *c)
-{
-	struct reconnect_call call = {c, 0, ""};
-	stack_t ss;
-	pthread_t t;
-
-	if (sigaltstack(NULL, &ss) || !(ss.ss_flags & SS_ONSTACK))
-		return reconnect_here(c);
-	if (pthread_create(&t, NULL, reconnect_thread, &call)) {
-		oc_set_error_detail("postgresql: connection lost, and no thread "
-				    "to reconnect from inside a page fault");
-		return OC_ESTOREIO;
-	}
-	pthread_join(t, NULL);
-	if (call.err)
-		oc_set_error_detail("%s", call.detail);
-	return call.err;
 }
 
 /* A sorted set of what the change log says commits (after, upto] changed
@@ -814,14 +784,12 @@ static PGresult *rc_query(struct pg_eng *e, const char *stmt, const char *sql,
 /* Under mu: metadata can be read only from the transaction's snapshot. */
 static int rc_meta_ok(struct pg_eng *e)
 {
-	char where[160];
 
 	if (!e->rc_moved)
 		return 0;
-	oc_set_error_detail("postgresql server %s: this transaction's snapshot "
-			    "was lost with the connection and others committed "
-			    "since: commit or abort to continue",
-			    server(e->rc, where, sizeof where));
+	srv_detail(e->rc, "this transaction's snapshot "
+		   "was lost with the connection and others committed "
+		   "since: commit or abort to continue");
 	return OC_ESTOREIO;
 }
 
@@ -968,6 +936,25 @@ static int eng_array_list(void *p, int (*cb)(const char *, void *), void *arg)
 
 /* Under mu: the window of block blk of array id, read if need be and
  * fetch; NULL (with *err if a read failed): none. */
+/* The window of block (id, blk) already fetched, or NULL (mu held). */
+static struct pg_win *win_find(struct pg_eng *e, uint64_t id, uint64_t blk)
+{
+	uint64_t lo = blk & ~(uint64_t)(WIN_BLKS - 1);
+
+	for (struct pg_win *w = e->win; w < e->win + NWIN; w++)
+		if (w->id == id && w->lo == lo)
+			return w;
+	return NULL;
+}
+
+/* Whether window w (of blk) says that block blk exists. */
+static bool win_has(const struct pg_win *w, uint64_t blk)
+{
+	uint64_t k = blk - w->lo;
+
+	return w->bits[k / 64] >> (k % 64) & 1;
+}
+
 static struct pg_win *win_get(struct pg_eng *e, uint64_t id, uint64_t blk,
 			      bool fetch, int *err)
 {
@@ -983,9 +970,8 @@ static struct pg_win *win_get(struct pg_eng *e, uint64_t id, uint64_t blk,
 	 * load of anything else would drop the queue. */
 	if (e->ra_n && e->ra_id == id && e->ra_head == blk)
 		return NULL;
-	for (w = e->win; w < e->win + NWIN; w++)
-		if (w->id == id && w->lo == lo)
-			return w;
+	if ((w = win_find(e, id, blk)))
+		return w;
 	/* Not while read-ahead runs on the array (it would be dropped), nor
 	 * from a snapshot other than snap_id, nor for block numbers that do
 	 * not compare as bigint. */
@@ -1020,14 +1006,12 @@ static int eng_blk_map(void *p, uint64_t id, uint64_t blk, size_t blksize,
 {
 	struct pg_eng *e = p;
 	struct pg_win *w;
-	uint64_t k;
 	int err;
 
 	(void)blksize, (void)do_verify, (void)fd, (void)off;
 	pthread_mutex_lock(&e->mu);
 	w = win_get(e, id, blk, false, &err);
-	k = blk - (w ? w->lo : 0);
-	err = w && !(w->bits[k / 64] >> (k % 64) & 1) ? OC_ZEROBLK : OC_NOMAP;
+	err = w && !win_has(w, blk) ? OC_ZEROBLK : OC_NOMAP;
 	pthread_mutex_unlock(&e->mu);
 	/* Nothing is ever mapped: blk_load copies existing blocks. */
 	if (err == OC_ZEROBLK)
@@ -1042,7 +1026,6 @@ static int eng_blk_load(void *p, uint64_t id, uint64_t blk, size_t blksize,
 	unsigned char b[16];
 	const char *vals[2] = {(char *)b, (char *)b + 8};
 	int lens[2] = {8, 8}, err = 0;
-	char where[160];
 	PGresult *r = NULL;
 	bool lost = false;
 
@@ -1070,10 +1053,10 @@ static int eng_blk_load(void *p, uint64_t id, uint64_t blk, size_t blksize,
 		PQclear(r);
 		r = NULL;
 		err = OC_ESTOREIO;
-		oc_set_error_detail("postgresql server %s: the block changed since "
-				    "this transaction's snapshot, which was lost "
-				    "with the connection: commit or abort to see "
-				    "it", server(e->rc, where, sizeof where));
+		srv_detail(e->rc, "the block changed since "
+			   "this transaction's snapshot, which was lost "
+			   "with the connection: commit or abort to see "
+			   "it");
 	}
 	if (r && !PQntuples(r) && !e->ra_n) {
 		/* A hole: the holes around it are answered by blk_map from
@@ -1128,15 +1111,13 @@ static bool array_changed_by_others(struct pg_eng *e, uint64_t id)
 /* The detail for a commit that failed because wc was lost before COMMIT. */
 static void lost_before_commit(struct pg_eng *e)
 {
-	char where[160];
 	const char *m = PQerrorMessage(e->wc);
 
-	oc_set_error_detail("postgresql server %s: connection lost (%.*s): "
-			    "nothing was committed%s; the changes are kept: "
-			    "commit again to retry, or abort",
-			    server(e->wc, where, sizeof where), line_len(m), m,
-			    e->uk ? " now (whether the commit before was is "
-				    "checked at the retry)" : "");
+	srv_detail(e->wc, "connection lost (%.*s): "
+		   "nothing was committed%s; the changes are kept: "
+		   "commit again to retry, or abort", line_len(m), m,
+		   e->uk ? " now (whether the commit before was is "
+			   "checked at the retry)" : "");
 }
 
 static void eng_txn_abort(void *p)
@@ -1173,7 +1154,6 @@ static int check_unknown(struct pg_eng *e)
 	unsigned char b[8];
 	const char *vals[1] = {(char *)b};
 	int lens[1] = {8}, err = 0;
-	char where[160];
 	PGresult *r;
 
 	_oc_put_be64(b, e->uk_xid);
@@ -1190,11 +1170,10 @@ static int check_unknown(struct pg_eng *e)
 		err = OC_ESTOREIO;
 	} else {
 		err = OC_ESTOREIO;
-		oc_set_error_detail("postgresql server %s: cannot tell whether the "
-				    "commit whose connection was lost was made "
-				    "(txid_status: %.*s): abort to continue",
-				    server(e->wc, where, sizeof where),
-				    PQgetlength(r, 0, 0), PQgetvalue(r, 0, 0));
+		srv_detail(e->wc, "cannot tell whether the "
+			   "commit whose connection was lost was made "
+			   "(txid_status: %.*s): abort to continue",
+			   PQgetlength(r, 0, 0), PQgetvalue(r, 0, 0));
 	}
 	PQclear(r);
 	return err;
@@ -1202,12 +1181,10 @@ static int check_unknown(struct pg_eng *e)
 
 static void made_detail(struct pg_eng *e)
 {
-	char where[160];
 
-	oc_set_error_detail("postgresql server %s: the previous commit, whose "
-			    "acknowledgement was lost with the connection, was "
-			    "made after all: abort to continue from it",
-			    server(e->wc, where, sizeof where));
+	srv_detail(e->wc, "the previous commit, whose "
+		   "acknowledgement was lost with the connection, was "
+		   "made after all: abort to continue from it");
 }
 
 static int eng_txn_begin(void *p)
@@ -1410,15 +1387,14 @@ static int eng_txn_array(void *p, enum oc_se_change what, uint64_t id,
  * window blk_map read. */
 static bool known_absent(struct pg_eng *e, uint64_t id, uint64_t blk)
 {
-	uint64_t lo = blk & ~(uint64_t)(WIN_BLKS - 1), k = blk - lo;
-	bool absent = false;
+	struct pg_win *w;
+	bool absent;
 
 	if (id >= e->w_first_id)
 		return true;
 	pthread_mutex_lock(&e->mu);
-	for (struct pg_win *w = e->win; w < e->win + NWIN; w++)
-		if (w->id == id && w->lo == lo)
-			absent = !(w->bits[k / 64] >> (k % 64) & 1);
+	w = win_find(e, id, blk);
+	absent = w && !win_has(w, blk);
 	pthread_mutex_unlock(&e->mu);
 	return absent;
 }
@@ -1624,14 +1600,12 @@ static int eng_txn_commit(void *p)
 		if (lost) {
 			/* Made or not: the server may have committed before
 			 * the connection went.  The retry finds out. */
-			char where[160];
 			e->uk = true;
 			e->uk_xid = e->w_xid;
-			oc_set_error_detail("postgresql server %s: connection lost "
-					    "during COMMIT: the changes are kept; "
-					    "commit again (it first checks whether "
-					    "this one was made), or abort",
-					    server(e->wc, where, sizeof where));
+			srv_detail(e->wc, "connection lost "
+				   "during COMMIT: the changes are kept; "
+				   "commit again (it first checks whether "
+				   "this one was made), or abort");
 		}
 	}
 	PQclear(r);
