@@ -1160,11 +1160,12 @@ static int check_unknown(struct pg_eng *e)
 	r = q(e->wc, "SELECT txid_status($1::int8)", 1, vals, lens, &err);
 	if (!r)
 		return err;
-	if (PQgetisnull(r, 0, 0) ||
-	    (PQgetlength(r, 0, 0) == 7 && !memcmp(PQgetvalue(r, 0, 0), "aborted", 7))) {
+	/* NULL: the server no longer keeps that transaction's status, so
+	 * it cannot say (not "aborted": a retry could commit twice). */
+	if (!PQgetisnull(r, 0, 0) && !strcmp(PQgetvalue(r, 0, 0), "aborted")) {
 		e->uk = false;
-	} else if (PQgetlength(r, 0, 0) == 9 &&
-		   !memcmp(PQgetvalue(r, 0, 0), "committed", 9)) {
+	} else if (!PQgetisnull(r, 0, 0) &&
+		   !strcmp(PQgetvalue(r, 0, 0), "committed")) {
 		e->uk = false;
 		e->uk_made = true;
 		err = OC_ESTOREIO;
@@ -1172,8 +1173,9 @@ static int check_unknown(struct pg_eng *e)
 		err = OC_ESTOREIO;
 		srv_detail(e->wc, "cannot tell whether the "
 			   "commit whose connection was lost was made "
-			   "(txid_status: %.*s): abort to continue",
-			   PQgetlength(r, 0, 0), PQgetvalue(r, 0, 0));
+			   "(txid_status: %s): abort to continue",
+			   PQgetisnull(r, 0, 0) ? "no longer known"
+						: PQgetvalue(r, 0, 0));
 	}
 	PQclear(r);
 	return err;
