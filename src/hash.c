@@ -20,7 +20,7 @@
 
 /* The library's own, for CPUs without AVX2 (and other architectures,
  * where Debian's build already uses what the baseline has). */
-static uint64_t xxh3_lib(const void *p, size_t n)
+uint64_t _oc_xxh3_lib(const void *p, size_t n)
 {
 	return XXH3_64bits(p, n);
 }
@@ -44,12 +44,12 @@ static uint64_t (*pick(void))(const void *, size_t)
 	__builtin_cpu_init();
 	if (__builtin_cpu_supports("avx2"))
 		return xxh3_avx2;
-	return xxh3_lib;
+	return _oc_xxh3_lib;
 }
 #else
 static uint64_t (*pick(void))(const void *, size_t)
 {
-	return xxh3_lib;
+	return _oc_xxh3_lib;
 }
 #endif
 
@@ -70,10 +70,5 @@ uint64_t _oc_xxh3(const void *p, size_t n)
 const char *_oc_xxh3_impl(void)
 {
 	(void)_oc_xxh3("", 0);
-	return atomic_load(&xxh3_fn) == xxh3_lib ? "libxxhash" : "avx2";
-}
-
-uint64_t _oc_xxh3_lib(const void *p, size_t n)
-{
-	return xxh3_lib(p, n);
+	return atomic_load(&xxh3_fn) == _oc_xxh3_lib ? "libxxhash" : "avx2";
 }

@@ -260,7 +260,7 @@ static void eng_close(void *p)
 }
 
 /* Open the environment with the largest map the address space allows
- * (64 GiB; less under a limit such as ulimit -v or valgrind).  Returns an
+ * (MAPSIZE; less under a limit such as ulimit -v or valgrind).  Returns an
  * LMDB code. */
 static int env_open(struct lmdb_eng *e, const char *index, unsigned flags)
 {
@@ -271,10 +271,8 @@ static int env_open(struct lmdb_eng *e, const char *index, unsigned flags)
 	/* Find how much address space there is first: a failed
 	 * mdb_env_open leaks what it allocated. */
 	while (mapsize > MAPSIZE_MIN) {
-		probe = mmap(NULL, mapsize, PROT_NONE,
-			     MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-		if (probe != MAP_FAILED) {
-			munmap(probe, mapsize);
+		if (_oc_os_reserve(mapsize, 0, &probe) == 0) {
+			_oc_os_release(probe, mapsize);
 			break;
 		}
 		mapsize /= 4;
@@ -702,18 +700,6 @@ static int deltas_drop(struct lmdb_eng *e, uint64_t id, uint64_t blk, bool all)
 	return err;
 }
 
-/* Look a block up in the snapshot: 0 and *r, 1 for a hole, or an error. */
-static int snap_blk(struct lmdb_eng *e, uint64_t id, uint64_t blk,
-		    struct blkrec *r)
-{
-	int err;
-
-	pthread_mutex_lock(&e->mu);
-	err = blk_get(e, e->snap, id, blk, r);
-	pthread_mutex_unlock(&e->mu);
-	return err;
-}
-
 /* Whether r's extent was verified at r's version (mu held). */
 static bool verified_locked(struct lmdb_eng *e, const struct blkrec *r)
 {
@@ -761,27 +747,53 @@ static bool unit_ok(const struct blkrec *r, const unsigned char *buf,
 	return _oc_xxh3(buf + u * gs, gs) == r->gh[u];
 }
 
-/* Whether the block at buf matches r's checksums. */
-static bool hash_ok(const struct blkrec *r, const void *buf, size_t blksize)
+/* Check block r against its checksums, reading unit u from over when bit
+ * u of mask is set, else from base; count it, and record it as verified
+ * when it matches.  0 or OC_ECORRUPT. */
+static int verify(struct lmdb_eng *e, const struct blkrec *r, size_t blksize,
+		  const void *base, const void *over, uint32_t mask)
 {
-	unsigned u, n = units_of(r);
+	bool ok = true;
 
-	for (u = 0; u < n; u++)
-		if (!unit_ok(r, buf, blksize, u))
-			return false;
-	return true;
-}
-
-static int verify(struct lmdb_eng *e, const struct blkrec *r, const void *buf,
-		  size_t blksize)
-{
 	CNT(e, n_verified);
-	if (!hash_ok(r, buf, blksize)) {
+	for (unsigned u = 0; ok && u < units_of(r); u++)
+		ok = unit_ok(r, (mask >> u) & 1 ? over : base, blksize, u);
+	if (!ok) {
 		CNT(e, n_corrupt);
 		return OC_ECORRUPT;
 	}
 	set_verified(e, r);
 	return 0;
+}
+
+/* Map r's extent read-only at *m (give it back with _oc_os_release):
+ * 0, OC_ECORRUPT when the data file ends before it, or -errno. */
+static int map_extent(struct lmdb_eng *e, const struct blkrec *r,
+		      size_t blksize, const void **m)
+{
+	int err = _oc_os_map_file_ro(e->datafd, r->off, blksize, m);
+
+	return err == -EIO ? OC_ECORRUPT : err;
+}
+
+/* Lay the deltas of block (id, blk) over buf, with r its record as read
+ * in snapshot sid: 0, 1 when the snapshot moved on meanwhile (read the
+ * record again), or an error. */
+static int lay_deltas(struct lmdb_eng *e, uint64_t id, uint64_t blk,
+		      size_t blksize, void *buf, uint64_t sid,
+		      const struct blkrec *r)
+{
+	uint64_t n;
+	int err;
+
+	pthread_mutex_lock(&e->mu);
+	if (e->snap_id != sid) {
+		pthread_mutex_unlock(&e->mu);
+		return 1;
+	}
+	err = deltas_apply(e, e->snap, id, blk, blksize, buf, false, &n, NULL);
+	pthread_mutex_unlock(&e->mu);
+	return !err && n != r->ndelta ? OC_ECORRUPT : err;
 }
 
 /* Verification ahead.  Hashing a block costs about as much as reading it
@@ -847,7 +859,7 @@ static void *verifier(void *arg)
 		j.blksize = e->vq_blksize;
 		e->vbusy_off = j.r.off;
 		pthread_mutex_unlock(&e->mu);
-		ok = _oc_os_map_file_ro(e->datafd, j.r.off, j.blksize, &m) == 0;
+		ok = map_extent(e, &j.r, j.blksize, &m) == 0;
 		pthread_mutex_lock(&e->mu);
 		if (ok) {
 			j.m = m;
@@ -914,7 +926,7 @@ static int eng_blk_load(void *p, uint64_t id, uint64_t blk, size_t blksize,
 {
 	struct lmdb_eng *e = p;
 	struct blkrec r;
-	uint64_t sid, n;
+	uint64_t sid;
 	int err;
 
 again:
@@ -932,21 +944,12 @@ again:
 	err = _oc_os_pread_all(e->datafd, buf, blksize, r.off);
 	if (err == -EIO) /* short: the data file was truncated */
 		err = OC_ECORRUPT;
-	if (!err && r.ndelta) {
-		/* The deltas must come from the snapshot of the record. */
-		pthread_mutex_lock(&e->mu);
-		if (e->snap_id != sid) {
-			pthread_mutex_unlock(&e->mu);
-			goto again;
-		}
-		err = deltas_apply(e, e->snap, id, blk, blksize, buf, false, &n,
-				   NULL);
-		pthread_mutex_unlock(&e->mu);
-		if (!err && n != r.ndelta)
-			err = OC_ECORRUPT;
-	}
+	/* The deltas must come from the snapshot of the record. */
+	if (!err && r.ndelta &&
+	    (err = lay_deltas(e, id, blk, blksize, buf, sid, &r)) == 1)
+		goto again;
 	if (!err && do_verify && !is_verified(e, &r))
-		err = verify(e, &r, buf, blksize);
+		err = verify(e, &r, blksize, buf, NULL, 0);
 	if (!err)
 		CNT(e, n_loads);
 	return err;
@@ -957,8 +960,14 @@ static int eng_blk_map(void *p, uint64_t id, uint64_t blk, size_t blksize,
 {
 	struct lmdb_eng *e = p;
 	struct blkrec r;
-	int err = snap_blk(e, id, blk, &r);
+	int err;
 
+	pthread_mutex_lock(&e->mu);
+	err = blk_get(e, e->snap, id, blk, &r);
+	if (!err && !r.ndelta && do_verify &&
+	    verify_ahead(e, id, blk, blksize, &r))
+		do_verify = 0; /* verified already */
+	pthread_mutex_unlock(&e->mu);
 	if (err == 1) {
 		CNT(e, n_holes);
 		return OC_ZEROBLK;
@@ -968,24 +977,14 @@ static int eng_blk_map(void *p, uint64_t id, uint64_t blk, size_t blksize,
 	if (r.ndelta)
 		return OC_NOMAP; /* to be assembled by blk_load */
 	if (do_verify) {
-		bool done;
-		pthread_mutex_lock(&e->mu);
-		done = verify_ahead(e, id, blk, blksize, &r);
-		pthread_mutex_unlock(&e->mu);
-		if (done)
-			do_verify = 0;
-	}
-	if (do_verify) {
 		/* Hash the extent through a mapping of the page cache: no
 		 * copy and no buffer to fault in, and the pages it reads are
 		 * those the core's mapping will use. */
 		const void *m;
-		err = _oc_os_map_file_ro(e->datafd, r.off, blksize, &m);
-		if (err == -EIO) /* the data file was truncated */
-			err = OC_ECORRUPT;
+		err = map_extent(e, &r, blksize, &m);
 		if (err)
 			return err;
-		err = verify(e, &r, m, blksize);
+		err = verify(e, &r, blksize, m, NULL, 0);
 		_oc_os_release((void *)m, blksize);
 		if (err)
 			return err;
@@ -993,32 +992,6 @@ static int eng_blk_map(void *p, uint64_t id, uint64_t blk, size_t blksize,
 	CNT(e, n_maps);
 	*fd = e->datafd;
 	*off = r.off;
-	return 0;
-}
-
-/* Check block r against its granule checksums: the granules in mask from
- * buf, the others from its extent.  0 or OC_ECORRUPT. */
-static int verify_patched(struct lmdb_eng *e, const struct blkrec *r,
-			  size_t blksize, const unsigned char *buf,
-			  uint32_t mask)
-{
-	size_t gs = blksize / r->ngran;
-	const void *m;
-	bool ok = true;
-	int err = _oc_os_map_file_ro(e->datafd, r->off, blksize, &m);
-
-	if (err)
-		return err == -EIO ? OC_ECORRUPT : err;
-	CNT(e, n_verified);
-	for (unsigned g = 0; ok && g < r->ngran; g++)
-		ok = _oc_xxh3(((mask >> g) & 1 ? buf : (const unsigned char *)m) +
-				      g * gs, gs) == r->gh[g];
-	_oc_os_release((void *)m, blksize);
-	if (!ok) {
-		CNT(e, n_corrupt);
-		return OC_ECORRUPT;
-	}
-	set_verified(e, r);
 	return 0;
 }
 
@@ -1041,6 +1014,7 @@ static int eng_blk_map_patched(void *p, uint64_t id, uint64_t blk,
 	struct blkrec r;
 	uint32_t mask;
 	uint64_t sid, cnt;
+	const void *m;
 	int err;
 
 again:
@@ -1067,17 +1041,13 @@ again:
 					       r.off + g * gs);
 	if (err)
 		return err == -EIO ? OC_ECORRUPT : err;
-	pthread_mutex_lock(&e->mu);
-	if (e->snap_id != sid) {
-		pthread_mutex_unlock(&e->mu);
+	if ((err = lay_deltas(e, id, blk, blksize, buf, sid, &r)) == 1)
 		goto again;
+	if (!err && do_verify && !is_verified(e, &r) &&
+	    !(err = map_extent(e, &r, blksize, &m))) {
+		err = verify(e, &r, blksize, m, buf, mask);
+		_oc_os_release((void *)m, blksize);
 	}
-	err = deltas_apply(e, e->snap, id, blk, blksize, buf, false, &cnt, NULL);
-	pthread_mutex_unlock(&e->mu);
-	if (!err && cnt != r.ndelta)
-		err = OC_ECORRUPT;
-	if (!err && do_verify && !is_verified(e, &r))
-		err = verify_patched(e, &r, blksize, buf, mask);
 	if (err)
 		return err;
 	CNT(e, n_maps);
@@ -1763,7 +1733,7 @@ static int eng_txn_block_part(void *p, uint64_t id, uint64_t blk,
 			      size_t granule)
 {
 	if (!granule || granule % PG || blksize % granule ||
-	    blksize / granule > 32)
+	    blksize / granule > MAXGRAN)
 		granule = 0; /* not what the core gives: take the whole block */
 	return txn_block(p, id, blk, blksize, buf, changed, granule);
 }
