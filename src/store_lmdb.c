@@ -867,6 +867,7 @@ static void *verifier(void *arg)
 			j.next = j.done = 0;
 			j.bad = false;
 			e->vjob = &j;
+			pthread_cond_broadcast(&e->vcond); /* a reader may help */
 			vjob_work(e, &j);
 			while (j.done < j.n) /* a reader hashes the last units */
 				pthread_cond_wait(&e->vcond, &e->mu);
