@@ -134,14 +134,14 @@ struct meas {
 	long f0, f1;
 	long long hw, sc;
 	/* outcore counters over the span (filled by outcore contenders) */
-	double loads, ofaults, cows, wfaults;
+	double loads, ofaults, cows, wfaults, moves;
 	bool bad; /* wrong data read */
 };
 
 static void meas_begin(struct meas *m)
 {
 	memset(m, 0, sizeof *m);
-	m->loads = m->ofaults = m->cows = m->wfaults = -1;
+	m->loads = m->ofaults = m->cows = m->wfaults = m->moves = -1;
 	if (pf_fd >= 0) {
 		ioctl(pf_fd, PERF_EVENT_IOC_RESET, 0);
 		ioctl(pf_fd, PERF_EVENT_IOC_ENABLE, 0);
@@ -198,7 +198,7 @@ struct res {
 	double bytes; /* bytes per run, for GB/s */
 	int n;
 	double us[MAXRUNS], us1[MAXRUNS], flt[MAXRUNS], hw[MAXRUNS], sc[MAXRUNS];
-	double loads[MAXRUNS], ofaults[MAXRUNS], cows[MAXRUNS];
+	double loads[MAXRUNS], ofaults[MAXRUNS], cows[MAXRUNS], moves[MAXRUNS];
 	bool failed, bad, split;
 };
 
@@ -238,6 +238,7 @@ static void res_add(struct res *r, const struct meas *m)
 	r->loads[i] = m->loads >= 0 ? m->loads / r->per : -1;
 	r->ofaults[i] = m->ofaults >= 0 ? m->ofaults / r->per : -1;
 	r->cows[i] = m->cows >= 0 ? m->cows / r->per : -1;
+	r->moves[i] = m->moves >= 0 ? m->moves / r->per : -1;
 	if (m->bad)
 		r->bad = true;
 	r->n++;
@@ -280,6 +281,11 @@ static void print_res(const struct res *r)
 		size_t k = strlen(note);
 		snprintf(note + k, sizeof note - k, "oc loads/blk %.2f faults/blk %.2f",
 			 median(r->loads, r->n), median(r->ofaults, r->n));
+	}
+	if (r->moves[0] > 0) {
+		size_t k = strlen(note);
+		snprintf(note + k, sizeof note - k, "%stable moves/blk %.2f",
+			 k ? " " : "", median(r->moves, r->n));
 	}
 	if (r->cows[0] >= 0) {
 		size_t k = strlen(note);
@@ -636,6 +642,7 @@ static int run_oc_read(struct rd *r, oc_fileh_t *fh, oc_ram_t *ram, bool reclaim
 	oc_ram_stats(ram, &s1);
 	m->loads = (double)(s1.loads - s0.loads);
 	m->ofaults = (double)(s1.faults - s0.faults);
+	m->moves = (double)(s1.table_moves - s0.table_moves);
 	m->bad = sum != r->expect;
 	oc_vma_unmap(v);
 	return 0;

@@ -469,7 +469,7 @@ static PyObject *RAM_stats(RAMObject *self, PyObject *unused)
 	if (err)
 		return raise_code(err, "RAM.stats()");
 	return Py_BuildValue(
-		"{sKsKsKsKsKsKsKsKsKsKsKsKsKsKsKsKsKsKsKsKsKsKsKsK}",
+		"{sKsKsKsKsKsKsKsKsKsKsKsKsKsKsKsKsKsKsKsKsKsKsKsKsK}",
 		"budget", (unsigned long long)st.budget,
 		"pagesize", (unsigned long long)st.pagesize,
 		"used", (unsigned long long)st.used,
@@ -493,7 +493,8 @@ static PyObject *RAM_stats(RAMObject *self, PyObject *unused)
 		"patch_bytes", (unsigned long long)st.patch_bytes,
 		"granule_copies", (unsigned long long)st.granule_copies,
 		"patch_unmaps", (unsigned long long)st.patch_unmaps,
-		"patch_loads", (unsigned long long)st.patch_loads);
+		"patch_loads", (unsigned long long)st.patch_loads,
+		"table_moves", (unsigned long long)st.table_moves);
 }
 
 static PyObject *RAM_reclaim(RAMObject *self, PyObject *args)
@@ -537,7 +538,9 @@ static PyMethodDef RAM_methods[] = {
 	 "(dirty base-layer blocks kept as their base plus the granules "
 	 "written), patch_bytes (those granules), granule_copies, "
 	 "patch_unmaps, patch_loads (blocks stored as a base plus changes "
-	 "loaded for a write as just their changed granules)."},
+	 "loaded for a write as just their changed granules), table_moves "
+	 "(blocks loaded into a reclaimed page's slot and shown by moving "
+	 "its page tables rather than filling new ones)."},
 	{"reclaim", (PyCFunction)RAM_reclaim, METH_VARARGS,
 	 "reclaim(n=all) -> int\n\nReclaim up to n clean pages (and "
 	 "base-mapped blocks), least recently used first, regardless of the "

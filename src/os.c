@@ -22,6 +22,10 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#ifndef MREMAP_DONTUNMAP
+#define MREMAP_DONTUNMAP 4 /* Linux 5.7; shared mappings since 5.13 */
+#endif
+
 #if __has_include(<valgrind/memcheck.h>)
 #include <valgrind/memcheck.h>
 #include <valgrind/valgrind.h>
@@ -107,6 +111,16 @@ int _oc_os_map_fixed(void *addr, size_t len, int prot, int fd, uint64_t off,
 	int flags = MAP_SHARED | MAP_FIXED | MAP_NORESERVE |
 		    (populate ? MAP_POPULATE : 0);
 	void *p = mmap(addr, len, prot, flags, fd, (off_t)off);
+	if (p == MAP_FAILED)
+		RET(-errno);
+	RET(0);
+}
+
+int _oc_os_move(void *from, size_t len, void *to)
+{
+	SAVE_ERRNO;
+	void *p = mremap(from, len, len,
+			 MREMAP_MAYMOVE | MREMAP_FIXED | MREMAP_DONTUNMAP, to);
 	if (p == MAP_FAILED)
 		RET(-errno);
 	RET(0);

@@ -43,9 +43,13 @@
 
 #define HUGE_SIZE ((size_t)2 << 20)
 #define CHUNK_BYTES ((uint64_t)256 << 20)
+/* Parking page tables (struct oc_ram) pays from 256 KiB pages on: three
+ * system calls (~20 us) against tearing down and refilling 64 entries
+ * (~50 us; for 64 KiB, 25 against 20). */
+#define PARK_MIN ((size_t)256 << 10)
 
 struct oc_list _oc_rams = {&_oc_rams, &_oc_rams};
-static bool reclaim_one(oc_ram_t *ram, int64_t *reuse);
+static bool reclaim_one(oc_ram_t *ram, int64_t *reuse, void **park);
 static oc_ram_t *defaults[64];
 
 static uint64_t meminfo_value(const char *key)
@@ -156,6 +160,7 @@ int oc_ram_new(oc_ram_t **out, const oc_ram_opts_t *opts)
 		ram->budget = ps;
 	ram->can_pwrite = o.kind != OC_RAM_HUGETLB;
 	ram->use_window = !ram->can_pwrite;
+	ram->can_park = o.kind != OC_RAM_HUGETLB && ps >= PARK_MIN;
 	ram->chunk_slots = CHUNK_BYTES > ps ? CHUNK_BYTES / ps : 1;
 	oc_list_init(&ram->lru_clean);
 	oc_list_init(&ram->lru_dirty);
@@ -195,6 +200,10 @@ static void ram_free(oc_ram_t *ram)
 			_oc_os_release(ram->chunks[c], chunk);
 	close(ram->fd);
 	free(ram->chunks);
+	OC_BUG_ON(ram->nparks != ram->nparks_made); /* no page holds one */
+	while (ram->nparks)
+		_oc_os_release(ram->parks[--ram->nparks], ram->pagesize);
+	free(ram->parks);
 	free(ram->freeslots);
 	free(ram->warm);
 	free(ram);
@@ -286,7 +295,7 @@ int oc_ram_set_budget(oc_ram_t *ram, uint64_t budget)
 		return OC_EFORKED;
 	}
 	ram->budget = budget;
-	while (_oc_ram_used(ram) > budget && reclaim_one(ram, NULL))
+	while (_oc_ram_used(ram) > budget && reclaim_one(ram, NULL, NULL))
 		ram->st.reclaims++;
 	_oc_unlock();
 	return 0;
@@ -312,19 +321,23 @@ int oc_ram_stats(oc_ram_t *ram, oc_ram_stats_t *st)
 
 /* Reclaim one thing (lock held): the least recently faulted clean page
  * or base block, dropped (its slot is put in *reuse when reuse is not
- * NULL and *reuse < 0, instead of being freed); or else the least recently
- * faulted patched page, unmapped (its granules stay: it is dirty, but its
- * base no longer counts).  Returns false when there is nothing to reclaim. */
-static bool reclaim_one(oc_ram_t *ram, int64_t *reuse)
+ * NULL and *reuse < 0, instead of being freed, and its mapping parked in
+ * *park when park is not NULL); or else the least recently faulted patched
+ * page, unmapped (its granules stay: it is dirty, but its base no longer
+ * counts).  Returns false when there is nothing to reclaim. */
+static bool reclaim_one(oc_ram_t *ram, int64_t *reuse, void **park)
 {
 	struct page *p;
 
 	if (!oc_list_empty(&ram->lru_clean)) {
 		p = oc_container_of(ram->lru_clean.next, struct page, lru);
-		if (reuse && *reuse < 0 && p->slot >= 0)
+		if (reuse && *reuse < 0 && p->slot >= 0) {
+			if (park)
+				*park = _oc_page_park(p);
 			*reuse = _oc_page_drop(p, true);
-		else
+		} else {
 			_oc_page_drop(p, false);
+		}
 		return true;
 	}
 	if (!oc_list_empty(&ram->lru_patched)) {
@@ -373,10 +386,11 @@ static void note_overbudget(oc_ram_t *ram)
 
 /* Reclaim until len more bytes fit the budget (see reclaim_one for
  * reuse); past what can be reclaimed the budget is exceeded, and noted. */
-static void make_room(oc_ram_t *ram, uint64_t len, int64_t *reuse)
+static void make_room(oc_ram_t *ram, uint64_t len, int64_t *reuse,
+		      void **park)
 {
 	while (_oc_ram_used(ram) + len > ram->budget) {
-		if (!reclaim_one(ram, reuse)) {
+		if (!reclaim_one(ram, reuse, park)) {
 			note_overbudget(ram);
 			return;
 		}
@@ -386,7 +400,7 @@ static void make_room(oc_ram_t *ram, uint64_t len, int64_t *reuse)
 
 void _oc_ram_make_room(oc_ram_t *ram, uint64_t len)
 {
-	make_room(ram, len, NULL);
+	make_room(ram, len, NULL, NULL);
 }
 
 void _oc_ram_note_used(oc_ram_t *ram)
@@ -448,7 +462,7 @@ static int add_chunk(oc_ram_t *ram)
 }
 
 int _oc_ram_get_slot(oc_ram_t *ram, bool part, uint64_t *slot, bool *warm,
-		     bool *zero)
+		     bool *zero, void **park)
 {
 	int64_t reuse = -1;
 	int err;
@@ -458,10 +472,12 @@ int _oc_ram_get_slot(oc_ram_t *ram, bool part, uint64_t *slot, bool *warm,
 	 * first reclaimed page at once (no punch, no new allocation), unless
 	 * the slot is for a patched page, which must hold nothing but its
 	 * granules. */
+	if (park)
+		*park = NULL;
 	if (part)
-		make_room(ram, ram->granule, NULL);
+		make_room(ram, ram->granule, NULL, NULL);
 	else
-		make_room(ram, ram->pagesize, &reuse);
+		make_room(ram, ram->pagesize, &reuse, park);
 	if (reuse >= 0) {
 		*slot = (uint64_t)reuse;
 		/* A recycled slot will be reused again and again: with a
@@ -503,6 +519,36 @@ got:
 		ram->ram_pages++;
 	_oc_ram_note_used(ram);
 	return 0;
+}
+
+void *_oc_ram_get_park(oc_ram_t *ram)
+{
+	void *park = NULL, **parks;
+
+	if (!ram->can_park)
+		return NULL;
+	if (ram->nparks)
+		return ram->parks[--ram->nparks];
+	/* Room for every park made in the free list, so that giving one
+	 * back cannot fail. */
+	parks = realloc(ram->parks, (ram->nparks_made + 1) * sizeof *parks);
+	if (!parks)
+		return NULL;
+	ram->parks = parks;
+	if (_oc_os_reserve(ram->pagesize, ram->pagesize, &park))
+		return NULL;
+	ram->nparks_made++;
+	return park;
+}
+
+void _oc_ram_put_park(oc_ram_t *ram, void *park, bool clear)
+{
+	/* A park left by a move has its mapping without page tables: the
+	 * next move into it replaces it. */
+	if (clear)
+		_oc_os_unmap_to_reserve(park, ram->pagesize);
+	OC_BUG_ON(ram->nparks >= ram->nparks_made);
+	ram->parks[ram->nparks++] = park;
 }
 
 void _oc_ram_put_slot(oc_ram_t *ram, uint64_t slot)

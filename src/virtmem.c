@@ -309,6 +309,36 @@ void _oc_page_unmap_all(struct page *p)
 		unmap_rec(p->maps, true);
 }
 
+void *_oc_page_park(struct page *p)
+{
+	oc_ram_t *ram = p->fh->ram;
+	struct maprec *r = p->maps;
+	void *park;
+	int err;
+
+	if (p->park && !p->nmaps) {
+		/* loaded for a fault that did not map it: parked already */
+		park = p->park;
+		p->park = NULL;
+		return park;
+	}
+	if (p->state != PAGE_CLEAN || p->nmaps != 1 || r->cost != 1 ||
+	    r->prot != PROT_READ || !(park = _oc_ram_get_park(ram)))
+		return NULL;
+	err = _oc_os_move(page_addr(r->vma, p->blk), ram->pagesize, park);
+	if (err) {
+		if (err == -EINVAL)
+			ram->can_park = false; /* the kernel cannot: stop trying */
+		_oc_ram_put_park(ram, park, false);
+		return NULL;
+	}
+	/* The old address keeps a mapping without page tables until it is
+	 * reserved again (next): a read there meanwhile refaults the slot,
+	 * which still holds p's data. */
+	unmap_rec(r, true);
+	return park;
+}
+
 int64_t _oc_page_drop(struct page *p, bool keep_slot)
 {
 	oc_fileh_t *fh = p->fh;
@@ -317,6 +347,8 @@ int64_t _oc_page_drop(struct page *p, bool keep_slot)
 
 	OC_BUG_ON(p->busy);
 	_oc_page_unmap_all(p);
+	if (p->park)
+		_oc_ram_put_park(ram, p->park, true);
 	if (oc_list_linked(&p->lru))
 		oc_list_del(&p->lru);
 	if (p->state == PAGE_DIRTY) {
@@ -401,6 +433,7 @@ static int map_run(struct oc_vma *v, struct page **run, uint64_t n, int prot,
 	uint64_t i;
 	int fd, err = 0;
 	uint64_t off;
+	void *park = p->park;
 
 	OC_BUG_ON(n == 0 || n > 64);
 	if (nmaps + n > map_limit)
@@ -413,6 +446,18 @@ static int map_run(struct oc_vma *v, struct page **run, uint64_t n, int prot,
 			err = -ENOMEM;
 			goto undo;
 		}
+	}
+	if (park) {
+		/* A read mapping of a page loaded into a reclaimed page's
+		 * slot: move that page's mapping here, page tables filled. */
+		p->park = NULL;
+		if (n == 1 && prot == PROT_READ &&
+		    !_oc_os_move(park, ram->pagesize, page_addr(v, p->blk))) {
+			_oc_ram_put_park(ram, park, false);
+			ram->st.table_moves++;
+			goto linked;
+		}
+		_oc_ram_put_park(ram, park, true);
 	}
 	if (p->state == PAGE_BASE) {
 		fd = p->base_fd;
@@ -427,6 +472,7 @@ static int map_run(struct oc_vma *v, struct page **run, uint64_t n, int prot,
 		err = err == -ENOMEM ? OC_EMAPLIMIT : err;
 		goto undo;
 	}
+linked:
 	for (i = 0; i < n; i++)
 		link_rec(recs[i], v, run[i], prot, 1);
 	return 0;
@@ -512,10 +558,11 @@ static int normalize(int r)
 
 static int load_patched(oc_fileh_t *fh, struct page *p, bool *whole);
 
-/* Load block blk of fh (absent from its pages), for a write if write.
- * Returns RETRY or an error.  The lock is dropped while the file op
- * runs. */
-static int load_page(oc_fileh_t *fh, uint64_t blk, uint64_t ahead, bool write)
+/* Load block blk of fh (absent from its pages), for a write if write,
+ * for a fault that maps it next if fault.  Returns RETRY or an error.  The
+ * lock is dropped while the file op runs. */
+static int load_page(oc_fileh_t *fh, uint64_t blk, uint64_t ahead, bool write,
+		     bool fault)
 {
 	oc_ram_t *ram = fh->ram;
 	oc_file_t *file = fh->file;
@@ -610,7 +657,10 @@ static int load_page(oc_fileh_t *fh, uint64_t blk, uint64_t ahead, bool write)
 
 	{
 		int want = r;
-		r = _oc_ram_get_slot(ram, false, &slot, &warm, &zero);
+		/* A read fault maps the page next: it may take over the
+		 * page tables of the page whose slot it reuses. */
+		r = _oc_ram_get_slot(ram, false, &slot, &warm, &zero,
+				     fault && !write ? &p->park : NULL);
 		if (r)
 			goto drop;
 		p->slot = (int64_t)slot;
@@ -688,6 +738,8 @@ drop:
 		ram->ram_pages--;
 		_oc_ram_put_slot(ram, (uint64_t)p->slot);
 	}
+	if (p->park)
+		_oc_ram_put_park(ram, p->park, true);
 	free(p);
 	_oc_broadcast();
 	return r;
@@ -711,7 +763,7 @@ static int cow_page(struct oc_vma *v, struct page *p, struct maprec *rec)
 	 * counting it as a base block: its slot replaces it in the budget. */
 	oc_list_del(&p->lru);
 	ram->base_blocks--;
-	r = _oc_ram_get_slot(ram, false, &slot, &warm, &zero);
+	r = _oc_ram_get_slot(ram, false, &slot, &warm, &zero, NULL);
 	if (r)
 		goto fail;
 	if (!src) {
@@ -940,7 +992,7 @@ static int patch_page(struct oc_vma *v, struct page *p, uintptr_t addr)
 	if (nmaps + 2 * p->nmaps > map_limit)
 		bound_maps();
 	if (fresh) {
-		err = _oc_ram_get_slot(ram, true, &slot, &warm, &zero);
+		err = _oc_ram_get_slot(ram, true, &slot, &warm, &zero, NULL);
 		if (err)
 			goto out;
 	} else {
@@ -1024,7 +1076,7 @@ static int load_patched(oc_fileh_t *fh, struct page *p, bool *whole)
 	}
 	if (r || *whole)
 		goto out;
-	r = _oc_ram_get_slot(ram, true, &slot, &warm, &zero); /* 1 granule */
+	r = _oc_ram_get_slot(ram, true, &slot, &warm, &zero, NULL); /* 1 granule */
 	if (r)
 		goto out;
 	add_granules(ram, n - 1);
@@ -1093,7 +1145,7 @@ static int fault_page(struct oc_vma *v, uintptr_t addr, int write,
 		}
 		if (ahead > rest)
 			ahead = rest;
-		return load_page(fh, blk, ahead, write == 1);
+		return load_page(fh, blk, ahead, write == 1, true);
 	}
 	if (p->state == PAGE_LOADING) {
 		_oc_wait();
@@ -1636,7 +1688,7 @@ int oc_fileh_load(oc_fileh_t *fh, uint64_t blk, uint64_t n)
 					r = -EDEADLK;
 					goto out;
 				}
-				r = load_page(fh, b, 0, false);
+				r = load_page(fh, b, 0, false, false);
 				if (r == RETRY)
 					continue;
 				goto out;

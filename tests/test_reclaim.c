@@ -21,6 +21,7 @@
 #include <outcore/outcore.h>
 
 #include "check.h"
+#include "internal.h" /* _oc_os_under_valgrind */
 #include "testfile.h"
 
 #define KiB ((size_t)1 << 10)
@@ -137,6 +138,75 @@ static void test_lru(void)
 	st = stats(s.ram);
 	CHECK_EQ(st.overbudget, 0, "never over budget with clean pages");
 	CHECK_EQ(st.used_max, 3 * s.ps, "used_max still the budget");
+	teardown(&s);
+}
+
+/* Check words 0, 1, the middle and the last of block blk as mapped in s;
+ * returns 0 or -1. */
+static int block_ok(struct setup *s, uint64_t blk)
+{
+	uint64_t n = s->ps / 8, idx[4] = {0, 1, n / 2, n - 1};
+	for (int i = 0; i < 4; i++)
+		if (*tf_at(s->a, s->ps, blk, idx[i]) != tf_word(blk, idx[i]))
+			return -1;
+	return 0;
+}
+
+/* 2 MiB pages at the budget: a read fault that reuses the slot of the page
+ * it reclaims takes over that page's page tables (moved, not refilled; see
+ * struct oc_ram).  The reclaimed block must fault again at its own address
+ * and show its own data, not the new block's that its slot now holds. */
+static void test_park(void)
+{
+	struct setup s;
+	oc_ram_stats_t st0, st;
+	int bad = 0;
+
+	printf("# 2 MiB pages, budget of 2: recycled slots keep page tables\n");
+	if (setup(&s, 2 * MiB, 2, 8))
+		return;
+	st0 = stats(s.ram);
+	for (int round = 0; round < 3; round++)
+		for (uint64_t b = 0; b < 8; b++)
+			bad += rd(&s, b) != 1 || block_ok(&s, b) != 0;
+	st = stats(s.ram);
+	CHECK(bad == 0, "24 reads of 8 blocks through 2 slots: each loads once "
+	      "and reads right (%d bad)", bad);
+	CHECK(st.reclaims - st0.reclaims == 22 && st.used == 2 * s.ps,
+	      "22 reclaims, the budget held (%llu)",
+	      (unsigned long long)(st.reclaims - st0.reclaims));
+	if (_oc_os_under_valgrind())
+		printf("# skipped: table moves (valgrind refuses mremap's "
+		       "MREMAP_DONTUNMAP; outcore falls back to mapping again, "
+		       "checked above)\n");
+	else
+		CHECK(st.table_moves - st0.table_moves == 22,
+		      "each of the 22 loads into a recycled slot took over its "
+		      "page tables (%llu)",
+		      (unsigned long long)(st.table_moves - st0.table_moves));
+	/* the block shown by moved page tables is a clean page like any */
+	*tf_at(s.a, s.ps, 7, 5) = 42;
+	CHECK(*tf_at(s.a, s.ps, 7, 5) == 42 && block_ok(&s, 7) == 0 &&
+	      stats(s.ram).dirty_pages == 1,
+	      "a write to it dirties it in place");
+	/* the other slot holds 6; a block mapped twice is not parked, and
+	 * both its mappings go when its slot is reused */
+	{
+		oc_vma_t *v2 = NULL;
+		int r = oc_fileh_mmap(s.fh, 0, 8, &v2);
+		char *a2 = v2 ? oc_vma_addr(v2) : NULL;
+		uint64_t m0 = stats(s.ram).table_moves;
+		CHECK(r == 0 && *tf_at(a2, s.ps, 6, 3) == tf_word(6, 3) &&
+		      block_ok(&s, 6) == 0, "block 6 mapped twice (%d)", r);
+		bad = rd(&s, 0) != 1 || block_ok(&s, 0) != 0;
+		CHECK(!bad && stats(s.ram).table_moves == m0,
+		      "reusing its slot unmaps both, no move");
+		CHECK(*tf_at(a2, s.ps, 6, 3) == tf_word(6, 3) &&
+		      block_ok(&s, 6) == 0 && block_ok(&s, 0) == 0,
+		      "both mappings reload it right");
+		if (v2)
+			oc_vma_unmap(v2);
+	}
 	teardown(&s);
 }
 
@@ -503,6 +573,7 @@ out:
 int main(void)
 {
 	test_lru();
+	test_park();
 	test_dirty_kept();
 	test_explicit();
 	test_base_budget();

@@ -8,8 +8,9 @@
  * is thrown away and the access sees a fresh one.  A backend lock crossing
  * an invalidate from another thread (loadblk and storeblk cases): no
  * deadlock.  The lock hooks release a binding's global lock while a thread
- * waits for another thread's load.  And a short stress of readers and
- * writers under a small budget.
+ * waits for another thread's load.  And short stresses of readers and
+ * writers under a small budget: 4 KiB pages, and 2 MiB pages, whose loads
+ * into recycled slots take over the reclaimed pages' page tables.
  *
  * Every wait has a timeout, so a deadlock fails a check instead of hanging.
  */
@@ -426,7 +427,8 @@ __attribute__((visibility("default"))) const char *
 __tsan_default_suppressions(void)
 {
 	return "race:_oc_os_unmap_to_reserve\n"
-	       "race:_oc_os_map_fixed\n";
+	       "race:_oc_os_map_fixed\n"
+	       "race:_oc_os_move\n";
 }
 #endif
 
@@ -435,6 +437,10 @@ __tsan_default_suppressions(void)
 struct stresser {
 	int id;
 	unsigned iters;
+	char *base;      /* the mapping, of blocks of ps bytes */
+	size_t ps;
+	uint64_t nread;  /* blocks 0..nread-1 are read */
+	uint64_t own;    /* the thread writes block own */
 	uint64_t bad;
 	uint64_t last; /* last value written to the thread's own block */
 };
@@ -443,29 +449,51 @@ static void *stress(void *arg)
 {
 	struct stresser *s = arg;
 	unsigned seed = 12345u + (unsigned)s->id;
-	uint64_t own = 100 + (uint64_t)s->id; /* blocks 100..103 */
+	size_t ps = s->ps;
 	for (unsigned i = 0; i < s->iters; i++) {
-		uint64_t blk = rand_r(&seed) % 64;
-		size_t w = 1 + rand_r(&seed) % (PS / 8 - 1);
-		if (*tf_at(base, PS, blk, w) != tf_word(blk, w))
+		uint64_t blk = (uint64_t)rand_r(&seed) % s->nread;
+		size_t w = 1 + (size_t)rand_r(&seed) % (ps / 8 - 1);
+		if (*tf_at(s->base, ps, blk, w) != tf_word(blk, w) ||
+		    *tf_at(s->base, ps, blk, ps / 8 - 1) !=
+			    tf_word(blk, ps / 8 - 1))
 			s->bad++;
 		if (i % 8 == 0) {
 			s->last = ((uint64_t)s->id << 32) | i;
-			*tf_at(base, PS, own, 0) = s->last;
-			if (*tf_at(base, PS, own, 0) != s->last ||
-			    *tf_at(base, PS, own, 1) != tf_word(own, 1))
+			*tf_at(s->base, ps, s->own, 0) = s->last;
+			if (*tf_at(s->base, ps, s->own, 0) != s->last ||
+			    *tf_at(s->base, ps, s->own, 1) != tf_word(s->own, 1))
 				s->bad++;
 		}
 	}
 	return NULL;
 }
 
+/* Run the stress threads over blocks [0, nread) of base and their own
+ * blocks own0.. (each writes its own); returns the bad reads. */
+static uint64_t run_stress(struct stresser *s, char *b, size_t ps,
+			   uint64_t nread, uint64_t own0, unsigned iters)
+{
+	pthread_t th[STRESS_THREADS];
+	uint64_t bad = 0;
+
+	for (int i = 0; i < STRESS_THREADS; i++) {
+		s[i] = (struct stresser){.id = i, .iters = iters, .base = b,
+					 .ps = ps, .nread = nread,
+					 .own = own0 + (uint64_t)i};
+		pthread_create(&th[i], NULL, stress, &s[i]);
+	}
+	for (int i = 0; i < STRESS_THREADS; i++) {
+		join(th[i], "stress thread");
+		bad += s[i].bad;
+	}
+	return bad;
+}
+
 static void test_stress(void)
 {
 	struct stresser s[STRESS_THREADS];
-	pthread_t th[STRESS_THREADS];
 	oc_ram_stats_t st;
-	uint64_t bad = 0;
+	uint64_t bad;
 	unsigned iters = (unsigned)(4000 / check_scale());
 	int ok = 1;
 
@@ -474,14 +502,7 @@ static void test_stress(void)
 	oc_fileh_discard(fh);
 	oc_ram_reclaim(ram, 1000);
 	CHECK_EQ(oc_ram_set_budget(ram, 8 * PS), 0, "budget 8 pages");
-	for (int i = 0; i < STRESS_THREADS; i++) {
-		s[i] = (struct stresser){.id = i, .iters = iters};
-		pthread_create(&th[i], NULL, stress, &s[i]);
-	}
-	for (int i = 0; i < STRESS_THREADS; i++) {
-		join(th[i], "stress thread");
-		bad += s[i].bad;
-	}
+	bad = run_stress(s, base, PS, 64, 100, iters);
 	CHECK_EQ(bad, 0, "every read saw the right data");
 	oc_ram_stats(ram, &st);
 	printf("# loads %llu, reclaims %llu, faults %llu\n",
@@ -495,6 +516,59 @@ static void test_stress(void)
 		ok &= stored && stored[0] == s[i].last;
 	}
 	CHECK(ok, "each thread's last write was stored");
+}
+
+/* The same with 2 MiB pages and a budget of 8 (4 kept dirty): most loads
+ * reuse a slot and take over page tables (moved away from the reclaimed
+ * block's address, then to the new block's, while other threads fault on
+ * both). */
+static void test_stress_big(void)
+{
+	const size_t ps = (size_t)2 << 20;
+	struct stresser s[STRESS_THREADS];
+	tfile_t tf2;
+	oc_ram_t *ram2;
+	oc_fileh_t *fh2 = NULL;
+	oc_vma_t *v2 = NULL;
+	oc_ram_stats_t st;
+	uint64_t bad;
+	unsigned iters = (unsigned)(400 / check_scale());
+	int r, ok = 1;
+
+	printf("# stress: %d threads, %u accesses each, 2 MiB pages, budget "
+	       "8 pages (4 dirty)\n", STRESS_THREADS, iters);
+	ram2 = tf_ram(ps, 8 * ps, &r);
+	CHECK(ram2 != NULL, "RAM of 2 MiB pages: %d", r);
+	if (!ram2)
+		return;
+	tfile_init(&tf2, ps, "tthread2");
+	tf2.keep = 1;
+	r = oc_fileh_open(&fh2, &tf2.file, ram2);
+	r = r ? r : oc_fileh_mmap(fh2, 0, 16, &v2);
+	CHECK_EQ(r, 0, "open and map 16 blocks");
+	if (r)
+		goto out;
+	bad = run_stress(s, oc_vma_addr(v2), ps, 12, 12, iters);
+	CHECK_EQ(bad, 0, "every read saw the right data");
+	oc_ram_stats(ram2, &st);
+	printf("# loads %llu, reclaims %llu, table moves %llu\n",
+	       (unsigned long long)st.loads, (unsigned long long)st.reclaims,
+	       (unsigned long long)st.table_moves);
+	CHECK(st.reclaims > 0, "reclaim ran under the budget");
+	CHECK_EQ(oc_fileh_writeout(fh2, OC_WRITEOUT_STORE |
+				   OC_WRITEOUT_MARKSTORED), 0, "writeout");
+	for (int i = 0; i < STRESS_THREADS; i++) {
+		uint64_t *stored = tf2.stored[12 + i];
+		ok &= stored && stored[0] == s[i].last;
+	}
+	CHECK(ok, "each thread's last write was stored");
+out:
+	if (v2)
+		oc_vma_unmap(v2);
+	if (fh2)
+		CHECK_EQ(oc_fileh_close(fh2), 0, "close");
+	oc_file_put(&tf2.file);
+	CHECK_EQ(oc_ram_close(ram2), 0, "close RAM");
 }
 
 int main(void)
@@ -526,6 +600,7 @@ int main(void)
 	test_lock_vs_invalidate();
 	test_lock_hooks();
 	test_stress();
+	test_stress_big();
 
 	CHECK_EQ(oc_vma_unmap(vma), 0, "unmap");
 	CHECK_EQ(oc_fileh_close(fh), 0, "close");

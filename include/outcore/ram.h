@@ -11,17 +11,23 @@
  * mapped at several addresses at once: every mapping of a file handle that
  * shows a block shows the same memory.
  *
- * The RAM keeps every page it owns mapped once, read-write, in a private
- * "window" of its own, which the core uses to hand buffers to loadblk and
- * storeblk without creating temporary mappings.  A page that is freed is
- * hole-punched out of the file at once, so RSS and Shmem really shrink.
+ * Blocks reach a page through the file: pwrite after loadblk (or the
+ * file's loadblk_fd op writes it there itself), pread before storeblk, so
+ * the process's RSS counts only what its mappings show.  hugetlb memory,
+ * which has no pwrite, is instead kept mapped read-write in a private
+ * "window" of the RAM's own.  A page that is freed is hole-punched out of
+ * the file at once, so RSS and Shmem really shrink.
  *
  * Budget.  A RAM has a byte budget: the most memory its handles may keep
  * resident, counting pages in RAM and blocks mapped from a file's base layer
  * (see file.h).  When a page is needed and the budget is reached, the least
  * recently faulted clean page of any handle of this RAM is reclaimed:
  * unmapped from every mapping and returned to the OS; touching it again
- * reloads it.  Dirty pages are never dropped: when only dirty pages are
+ * reloads it.  (A page reclaimed to make room for a read fault's load
+ * gives the new block its memory, and, when it was mapped once, its page
+ * tables too: they are moved to the new address with mremap rather than
+ * torn down and filled again, which on small page tables costs more than
+ * the copy itself; counted in oc_ram_stats_t.table_moves.)  Dirty pages are never dropped: when only dirty pages are
  * left the budget is exceeded rather than losing data; each such page
  * allocation is counted (oc_ram_stats_t.overbudget) and the first one per
  * RAM prints a one-line warning on stderr.
@@ -123,6 +129,9 @@ typedef struct oc_ram_stats {
 				    store's page deltas) loaded for a write
 				    as patched pages: their changed granules
 				    only (file op mapblk_patched) */
+	uint64_t table_moves;    /* blocks loaded into the slot of a reclaimed
+				    page and mapped by moving that page's
+				    page tables instead of refilling them */
 } oc_ram_stats_t;
 
 /* Fill *st.  Returns 0. */
