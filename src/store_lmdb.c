@@ -147,6 +147,7 @@ struct lmdb_eng {
 	uint64_t vbusy_off;     /* extent the thread is hashing (UINT64_MAX) */
 	struct vjob *vjob;      /* its units, while it hashes them (or NULL) */
 	uint64_t last_id, last_blk; /* the last block mapped */
+	uint64_t ra_id, ra_next;    /* read ahead (not verifying) up to here */
 
 	/* counters (atomic) */
 	uint64_t n_stored, n_zeroed, n_bytes, n_loads, n_maps, n_holes,
@@ -922,6 +923,40 @@ static bool verify_ahead(struct lmdb_eng *e, uint64_t id, uint64_t blk,
 	return verified_locked(e, r);
 }
 
+/* A sequential scan without verification (lock held): the extents of the
+ * next READ_AHEAD blocks that the kernel is not yet asked to read, into
+ * offs (returns how many).  Verifying, the verifier's reads run ahead
+ * instead.  Without either, the scan's page faults read 2 MiB blocks one
+ * after the other, waiting for each; asked ahead, the device reads while
+ * the scan sums. */
+#define READ_AHEAD 64 /* as far as the verifier */
+static unsigned read_ahead(struct lmdb_eng *e, uint64_t id, uint64_t blk,
+			   uint64_t *offs)
+{
+	bool seq = id == e->last_id && blk == e->last_blk + 1;
+	unsigned n = 0;
+	struct blkrec r;
+
+	e->last_id = id;
+	e->last_blk = blk;
+	if (!seq)
+		return 0;
+	if (e->ra_id != id || e->ra_next <= blk ||
+	    e->ra_next > blk + 1 + READ_AHEAD) { /* a new scan */
+		e->ra_id = id;
+		e->ra_next = blk + 1;
+	}
+	for (; e->ra_next <= blk + READ_AHEAD; e->ra_next++) {
+		int err = blk_get(e, e->snap, id, e->ra_next, &r);
+		if (err > 0)
+			continue; /* a hole */
+		if (err)
+			break;
+		offs[n++] = r.off;
+	}
+	return n;
+}
+
 static int eng_blk_load(void *p, uint64_t id, uint64_t blk, size_t blksize,
 			int do_verify, void *buf)
 {
@@ -961,6 +996,8 @@ static int eng_blk_map(void *p, uint64_t id, uint64_t blk, size_t blksize,
 {
 	struct lmdb_eng *e = p;
 	struct blkrec r;
+	uint64_t ra[READ_AHEAD];
+	unsigned nra = 0;
 	int err;
 
 	pthread_mutex_lock(&e->mu);
@@ -968,7 +1005,12 @@ static int eng_blk_map(void *p, uint64_t id, uint64_t blk, size_t blksize,
 	if (!err && !r.ndelta && do_verify &&
 	    verify_ahead(e, id, blk, blksize, &r))
 		do_verify = 0; /* verified already */
+	else if (!err && !do_verify)
+		nra = read_ahead(e, id, blk, ra);
 	pthread_mutex_unlock(&e->mu);
+	for (unsigned i = 0; i < nra; i++)
+		posix_fadvise(e->datafd, (off_t)ra[i], (off_t)blksize,
+			      POSIX_FADV_WILLNEED);
 	if (err == 1) {
 		CNT(e, n_holes);
 		return OC_ZEROBLK;

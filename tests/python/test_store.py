@@ -1185,3 +1185,60 @@ def test_corrupt_block_is_reported_naming_array_and_block(path, tmp_path,
     r = subprocess.run([sys.executable, "-c", CORRUPT_READ, path, "arr 'one'"],
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 0 and float(r.stdout) == 1.5 * F8_PER_BLK, r.stderr
+
+
+def _resident_pages(fname):
+    """Pages of file fname in the page cache (mincore over a mapping)."""
+    import ctypes
+    import mmap
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mmap.restype = ctypes.c_void_p
+    libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int,
+                          ctypes.c_int, ctypes.c_int, ctypes.c_long]
+    libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
+    libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+    size = os.path.getsize(fname)
+    vec = (ctypes.c_ubyte * ((size + mmap.PAGESIZE - 1) // mmap.PAGESIZE))()
+    fd = os.open(fname, os.O_RDONLY)
+    try:
+        addr = libc.mmap(None, size, mmap.PROT_READ, mmap.MAP_SHARED, fd, 0)
+        assert addr not in (None, ctypes.c_void_p(-1).value), ctypes.get_errno()
+        try:
+            assert libc.mincore(addr, size, vec) == 0, ctypes.get_errno()
+        finally:
+            libc.munmap(addr, size)
+    finally:
+        os.close(fd)
+    return sum(v & 1 for v in vec)
+
+
+def test_scan_without_verification_reads_ahead(tmp_path):
+    """LMDB: a sequential scan with verify=False asks the kernel to read the
+    following blocks' extents ahead (the verifier's reads do it otherwise):
+    with a budget of 4 blocks the core maps at most 2 at a time, yet soon
+    after reading 3 blocks most of the array is in the page cache."""
+    path = str(tmp_path / "db")
+    n = 48
+    with store(path) as db:
+        A = db.create("a", (n * F8_PER_BLK,), "f8")
+        A[:] = 1.0
+        db.commit()
+    data = os.path.join(path, "data")
+    fd = os.open(data, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+    before = _resident_pages(data)
+    assert before < 4 * BS // 4096, before  # the kernel dropped the file
+    with store(path, ram="8MiB", verify=False) as db:
+        A = db["a"]
+        for b in range(3):
+            assert A[b * F8_PER_BLK:(b + 1) * F8_PER_BLK].sum() == F8_PER_BLK
+        deadline = time.monotonic() + 10
+        while (_resident_pages(data) < 32 * BS // 4096 and
+               time.monotonic() < deadline):
+            time.sleep(0.05)
+        got = _resident_pages(data)
+    assert got >= 32 * BS // 4096, (got * 4096 / BS, "blocks resident")
