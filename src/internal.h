@@ -185,6 +185,7 @@ struct oc_ram {
 	bool can_park;
 	void **parks;           /* free parks */
 	unsigned nparks, nparks_made;
+	void *zeros; /* pagesize of zeros to copy from (see _oc_ram_zero_slot) */
 
 	oc_ram_stats_t st;
 	bool warned;
@@ -211,8 +212,9 @@ static inline uint64_t _oc_ram_used(const oc_ram_t *ram)
  * OC_ENOHUGE. */
 int _oc_ram_get_slot(oc_ram_t *ram, bool part, uint64_t *slot, bool *warm,
 		     bool *zero, void **park);
-/* Under the lock: make a slot in use read as zeros (punch it). */
-void _oc_ram_put_slot_zero(oc_ram_t *ram, uint64_t slot);
+/* Under the lock: make a slot in use read as zeros.  Returns 0, or for
+ * hugetlb -errno/OC_ENOHUGE (the page could not be allocated again). */
+int _oc_ram_zero_slot(oc_ram_t *ram, uint64_t slot);
 /* Under the lock: release a slot, punching its memory out. */
 void _oc_ram_put_slot(oc_ram_t *ram, uint64_t slot);
 /* Under the lock: make room in the budget for len more bytes (a

@@ -204,6 +204,8 @@ static void ram_free(oc_ram_t *ram)
 	while (ram->nparks)
 		_oc_os_release(ram->parks[--ram->nparks], ram->pagesize);
 	free(ram->parks);
+	if (ram->zeros)
+		munmap(ram->zeros, ram->pagesize);
 	free(ram->freeslots);
 	free(ram->warm);
 	free(ram);
@@ -570,10 +572,28 @@ void _oc_ram_put_slot(oc_ram_t *ram, uint64_t slot)
 	ram->freeslots[ram->nfree++] = slot;
 }
 
-void _oc_ram_put_slot_zero(oc_ram_t *ram, uint64_t slot)
+int _oc_ram_zero_slot(oc_ram_t *ram, uint64_t slot)
 {
-	_oc_os_punch(ram->fd, slot << ram->pageshift, ram->pagesize);
+	uint64_t off = slot << ram->pageshift;
+
+	/* Overwritten with zeros rather than punched: a punched page is
+	 * allocated and cleared again at its next touch, which here costs
+	 * several times the copy (fresh memory of a VM).  The zeros come
+	 * from a private mapping never written, all of it the kernel's one
+	 * zero page, so the copy reads from the cache. */
+	if (ram->can_pwrite && !ram->zeros) {
+		void *z = mmap(NULL, ram->pagesize, PROT_READ,
+			       MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+		ram->zeros = z == MAP_FAILED ? NULL : z;
+	}
+	if (ram->zeros &&
+	    !_oc_os_pwrite_all(ram->fd, ram->zeros, ram->pagesize, off))
+		return 0;
+	_oc_os_punch(ram->fd, off, ram->pagesize);
 	ram->warm[slot] = 0;
+	/* hugetlb: allocate the punched page again, so that a touch cannot
+	 * meet a missing one. */
+	return ram->can_pwrite ? 0 : _oc_ram_warm_slot(ram, slot);
 }
 
 int _oc_ram_warm_slot(oc_ram_t *ram, uint64_t slot)

@@ -666,16 +666,11 @@ static int load_page(oc_fileh_t *fh, uint64_t blk, uint64_t ahead, bool write,
 		p->slot = (int64_t)slot;
 		if (want == OC_ZEROBLK) {
 			/* A hole: a new or punched slot already reads as
-			 * zeros; a recycled one is punched.  No copy. */
+			 * zeros; a recycled one is zeroed. */
 			if (!zero) {
-				_oc_ram_put_slot_zero(ram, slot);
-				/* hugetlb: allocate the punched page again, so
-				 * that a touch cannot meet a missing one. */
-				if (!ram->can_pwrite) {
-					r = _oc_ram_warm_slot(ram, slot);
-					if (r)
-						goto drop;
-				}
+				r = _oc_ram_zero_slot(ram, slot);
+				if (r)
+					goto drop;
 			}
 			ram->st.zero_fills++;
 			p->state = PAGE_CLEAN;

@@ -210,6 +210,79 @@ static void test_park(void)
 	teardown(&s);
 }
 
+/* Blocks 4 and up are holes (read as zeros without a load). */
+static int holes_mapblk(oc_file_t *f, uint64_t blk, int *fd, uint64_t *off)
+{
+	(void)f;
+	(void)fd;
+	(void)off;
+	return blk >= 4 ? OC_ZEROBLK : OC_NOMAP;
+}
+
+static const oc_file_ops_t holes_ops = {
+	.version = OC_FILE_OPS_VERSION,
+	.loadblk = tf_loadblk,
+	.storeblk = tf_storeblk,
+	.mapblk = holes_mapblk,
+	.release = tf_release,
+};
+
+/* A hole that reuses the slot of a reclaimed page must read as zeros (the
+ * slot is overwritten with zeros, not punched: see _oc_ram_zero_slot), for
+ * a read and for a write; a hole written and stored is then data. */
+static void test_hole_in_recycled_slot(void)
+{
+	const size_t ps = 2 * MiB;
+	oc_ram_t *ram;
+	tfile_t tf;
+	oc_fileh_t *fh = NULL;
+	oc_vma_t *v = NULL;
+	unsigned char *zeros = calloc(1, ps);
+	char *a;
+	int r, bad = 0;
+
+	printf("# holes in recycled slots (2 MiB pages, budget of 2)\n");
+	ram = tf_ram(ps, 2 * ps, &r);
+	CHECK(ram != NULL && zeros, "RAM (%d)", r);
+	if (!ram || !zeros)
+		goto out;
+	tfile_init_ops(&tf, ps, "tholes", &holes_ops);
+	tf.keep = 1;
+	r = oc_fileh_open(&fh, &tf.file, ram);
+	r = r ? r : oc_fileh_mmap(fh, 0, 12, &v);
+	CHECK_EQ(r, 0, "open and map 12 blocks, 4..11 holes");
+	if (r)
+		goto out;
+	a = oc_vma_addr(v);
+	for (int round = 0; round < 2; round++) {
+		for (uint64_t b = 0; b < 4; b++) /* fill both slots with data */
+			bad += block_ok(&(struct setup){.a = a, .ps = ps}, b) != 0;
+		for (uint64_t b = 4; b < 8; b++)
+			bad += memcmp(a + b * ps, zeros, ps) != 0;
+		for (uint64_t b = 0; b < 2; b++)
+			bad += block_ok(&(struct setup){.a = a, .ps = ps}, b) != 0;
+		/* a write to a hole in a recycled slot */
+		a[8 * ps + 100] = 7;
+		bad += a[8 * ps + 100] != 7 || memcmp(a + 8 * ps, zeros, 100) ||
+		       memcmp(a + 8 * ps + 101, zeros, ps - 101);
+		CHECK_EQ(oc_fileh_discard(fh), 0, "discard");
+	}
+	CHECK(bad == 0, "data blocks read their data, holes zeros (%d bad)",
+	      bad);
+	CHECK(stats(ram).zero_fills >= 10, "zero fills: %llu",
+	      (unsigned long long)stats(ram).zero_fills);
+out:
+	if (v)
+		oc_vma_unmap(v);
+	if (fh)
+		CHECK_EQ(oc_fileh_close(fh), 0, "close handle");
+	if (ram) {
+		oc_file_put(&tf.file);
+		CHECK_EQ(oc_ram_close(ram), 0, "close RAM");
+	}
+	free(zeros);
+}
+
 static void test_dirty_kept(void)
 {
 	struct setup s;
@@ -574,6 +647,7 @@ int main(void)
 {
 	test_lru();
 	test_park();
+	test_hole_in_recycled_slot();
 	test_dirty_kept();
 	test_explicit();
 	test_base_budget();
