@@ -111,6 +111,7 @@ struct lmdb_eng {
 	bool has_deltas;        /* db_deltas is open (a read-only open of a
 				 * version 1 store has none) */
 	int datafd;
+	int directfd;   /* the data file opened O_DIRECT (-1: none) */
 	int flags;
 
 	pthread_mutex_t mu;     /* guards snap, snap_id and verified */
@@ -153,6 +154,9 @@ struct lmdb_eng {
 	uint64_t n_stored, n_zeroed, n_bytes, n_loads, n_maps, n_holes,
 		n_verified, n_corrupt, n_dpages, n_folded;
 };
+
+/* O_DIRECT's alignment of buffers, offsets and lengths (write_extent). */
+#define DIRECT_ALIGN 4096
 
 #define CNT(e, f) __atomic_add_fetch(&(e)->f, 1, __ATOMIC_RELAXED)
 
@@ -250,6 +254,8 @@ static void eng_close(void *p)
 		mdb_env_close(e->env);
 	if (e->datafd >= 0)
 		close(e->datafd);
+	if (e->directfd >= 0)
+		close(e->directfd);
 	oc_pagemap_clear(&e->verified);
 	pthread_mutex_destroy(&e->mu);
 	pthread_cond_destroy(&e->vcond);
@@ -310,6 +316,7 @@ static int eng_open(void **out, const char *path, int flags)
 	if (!e)
 		return -ENOMEM;
 	e->datafd = -1;
+	e->directfd = -1;
 	pthread_mutex_init(&e->mu, NULL);
 	pthread_cond_init(&e->vcond, NULL);
 	e->vbusy_off = UINT64_MAX;
@@ -355,6 +362,8 @@ static int eng_open(void **out, const char *path, int flags)
 		err = errno == ENOENT ? OC_ENOTSTORE : -errno;
 		goto fail;
 	}
+	if (!rdonly) /* not every filesystem can: then -1 */
+		e->directfd = open(data, O_CLOEXEC | O_RDWR | O_DIRECT);
 	rc = mdb_txn_begin(e->env, NULL, rdonly ? MDB_RDONLY : 0, &txn);
 	if (rc) {
 		err = mdb_err(rc);
@@ -1400,6 +1409,36 @@ static int eng_txn_array(void *p, enum oc_se_change what, uint64_t id,
 	return -EINVAL;
 }
 
+/* Write block data buf of len bytes to the extent at off, which is new
+ * (past the data end before it was allocated) when fresh.  A new extent is
+ * written with O_DIRECT when the buffer allows: no page of it can be in
+ * use (an extent is only ever mapped once a commit refers to it), and here
+ * filling new page-cache pages costs more than the disk write (1 GB/s
+ * direct against 0.22 GB/s buffered then fdatasync'ed, on these VMs).
+ * Its first read then comes from the disk.  A reused extent is written
+ * through the page cache (its pages may still be cached, and mapped by
+ * nobody: see the snapshot note above) and started towards the disk at
+ * once, so that the fdatasync at commit waits for less. */
+static int write_extent(struct lmdb_eng *e, const void *buf, size_t len,
+			uint64_t off, bool fresh)
+{
+	int err;
+
+	if (fresh && e->directfd >= 0 && (uintptr_t)buf % DIRECT_ALIGN == 0 &&
+	    len % DIRECT_ALIGN == 0 && off % DIRECT_ALIGN == 0) {
+		err = _oc_os_pwrite_all(e->directfd, buf, len, off);
+		if (err != -EINVAL)
+			return err;
+		close(e->directfd); /* refused after all: stop trying */
+		e->directfd = -1;
+	}
+	err = _oc_os_pwrite_all(e->datafd, buf, len, off);
+	if (!err)
+		(void)sync_file_range(e->datafd, (off_t)off, (off_t)len,
+				      SYNC_FILE_RANGE_WRITE);
+	return err;
+}
+
 /* An extent of len bytes nobody can see: a free one no reader predates,
  * or a new one at the end. */
 static int alloc_extent(struct lmdb_eng *e, uint64_t len, uint64_t *off)
@@ -1458,7 +1497,10 @@ static int old_buffers(struct lmdb_eng *e, size_t blksize)
 	uint64_t np = blksize / PG;
 
 	if (e->old_size < blksize) {
-		unsigned char *o = malloc(blksize), *m = malloc(np);
+		unsigned char *o = NULL, *m = malloc(np);
+		/* aligned for O_DIRECT (write_extent) */
+		if (posix_memalign((void **)&o, DIRECT_ALIGN, blksize))
+			o = NULL;
 		if (!o || !m) {
 			free(o);
 			free(m);
@@ -1676,6 +1718,7 @@ static int txn_block(struct lmdb_eng *e, uint64_t id, uint64_t blk,
 	unsigned char kb[16];
 	MDB_val k = {16, kb};
 	bool whole = true, partial = false, zero;
+	uint64_t end0;
 	int had, err;
 
 	OC_BUG_ON(!e->w);
@@ -1737,16 +1780,13 @@ static int txn_block(struct lmdb_eng *e, uint64_t id, uint64_t blk,
 			if (err)
 				return err;
 		}
+		end0 = e->data_end;
 		err = alloc_extent(e, blksize, &r.off);
 		if (err)
 			return err;
-		err = _oc_os_pwrite_all(e->datafd, buf, blksize, r.off);
+		err = write_extent(e, buf, blksize, r.off, r.off >= end0);
 		if (err)
 			return err;
-		/* Start writing it to disk now, while the next blocks are
-		 * prepared: the fdatasync at commit then waits for less. */
-		(void)sync_file_range(e->datafd, (off_t)r.off, (off_t)blksize,
-				      SYNC_FILE_RANGE_WRITE);
 		e->wrote = true;
 		__atomic_add_fetch(&e->n_bytes, blksize, __ATOMIC_RELAXED);
 		CNT(e, n_stored);

@@ -1242,3 +1242,28 @@ def test_scan_without_verification_reads_ahead(tmp_path):
             time.sleep(0.05)
         got = _resident_pages(data)
     assert got >= 32 * BS // 4096, (got * 4096 / BS, "blocks resident")
+
+
+def test_new_extents_bypass_the_page_cache(tmp_path):
+    """LMDB: blocks written to new extents (past the data end) go to the disk
+    with O_DIRECT, not through the page cache (whose new pages cost more than
+    the write here), and read back right, in this process and another."""
+    path = str(tmp_path / "db")
+    n = 16
+    with store(path) as db:
+        A = db.create("a", (n * F8_PER_BLK,), "f8")
+        A[:] = numpy.arange(n * F8_PER_BLK, dtype="f8")
+        db.commit()
+        data = os.path.join(path, "data")
+        got = _resident_pages(data)
+        assert got < 2 * BS // 4096, (got * 4096 / BS, "blocks cached")
+        assert (A[::4097] == numpy.arange(0, n * F8_PER_BLK, 4097)).all()
+    r = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent("""
+            import sys, numpy; sys.path.insert(0, %r)
+            import outcore
+            with outcore.open(%r, readonly=True) as db:
+                A = db["a"]
+                print(int((A[:] == numpy.arange(A.shape[0])).all()))
+            """ % (ROOT, path))], capture_output=True, text=True, timeout=60)
+    assert r.stdout.strip() == "1", r.stderr
