@@ -103,6 +103,12 @@ int _oc_os_unmap_to_reserve(void *addr, size_t len);
  * populating the page tables when populate is set. */
 int _oc_os_map_fixed(void *addr, size_t len, int prot, int fd, uint64_t off,
 		     bool populate);
+/* Fill the page tables of a read-only file mapping, reading what is not
+ * cached with the file's readahead in large folios (MADV_HUGEPAGE first:
+ * otherwise readahead that meets other reads of the file falls back to
+ * 4 KiB pages, and every later mapping of them then fills 512 entries per
+ * 2 MiB instead of one).  -EINVAL before Linux 5.14: nothing is filled. */
+int _oc_os_populate(void *addr, size_t len);
 /* Move the mapping of [from, from+len) with its page tables to to
  * (mremap MREMAP_DONTUNMAP: from keeps its mapping, without page tables;
  * whatever was at to is replaced).  No page is refaulted or unmapped: ~8 us

@@ -22,6 +22,9 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#ifndef MADV_POPULATE_READ
+#define MADV_POPULATE_READ 22 /* Linux 5.14 */
+#endif
 #ifndef MREMAP_DONTUNMAP
 #define MREMAP_DONTUNMAP 4 /* Linux 5.7; shared mappings since 5.13 */
 #endif
@@ -112,6 +115,15 @@ int _oc_os_map_fixed(void *addr, size_t len, int prot, int fd, uint64_t off,
 		    (populate ? MAP_POPULATE : 0);
 	void *p = mmap(addr, len, prot, flags, fd, (off_t)off);
 	if (p == MAP_FAILED)
+		RET(-errno);
+	RET(0);
+}
+
+int _oc_os_populate(void *addr, size_t len)
+{
+	SAVE_ERRNO;
+	(void)madvise(addr, len, MADV_HUGEPAGE);
+	if (madvise(addr, len, MADV_POPULATE_READ))
 		RET(-errno);
 	RET(0);
 }

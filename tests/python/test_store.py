@@ -1213,10 +1213,10 @@ def _resident_pages(fname):
 
 
 def test_scan_without_verification_reads_ahead(tmp_path):
-    """LMDB: a sequential scan with verify=False asks the kernel to read the
-    following blocks' extents ahead (the verifier's reads do it otherwise):
-    with a budget of 4 blocks the core maps at most 2 at a time, yet soon
-    after reading 3 blocks most of the array is in the page cache."""
+    """LMDB: in a sequential scan with verify=False the engine's thread reads
+    the following blocks' extents ahead (it verifies them otherwise): with a
+    budget of 4 blocks the core maps at most 2 at a time, yet soon after
+    reading 3 blocks most of the array is in the page cache."""
     path = str(tmp_path / "db")
     n = 48
     with store(path) as db:
