@@ -489,13 +489,35 @@ static uint64_t run_stress(struct stresser *s, char *b, size_t ps,
 	return bad;
 }
 
+/* After run_stress: no bad read, reclaim ran, and after a writeout each
+ * thread's last write to its block (own0 + id) is what was stored. */
+static void check_stress(const struct stresser *s, uint64_t bad, oc_ram_t *r,
+			 oc_fileh_t *h, tfile_t *t, uint64_t own0)
+{
+	oc_ram_stats_t st;
+	int ok = 1;
+
+	CHECK_EQ(bad, 0, "every read saw the right data");
+	oc_ram_stats(r, &st);
+	printf("# loads %llu, reclaims %llu, faults %llu, table moves %llu\n",
+	       (unsigned long long)st.loads, (unsigned long long)st.reclaims,
+	       (unsigned long long)st.faults,
+	       (unsigned long long)st.table_moves);
+	CHECK(st.reclaims > 0, "reclaim ran under the budget");
+	CHECK_EQ(oc_fileh_writeout(h, OC_WRITEOUT_STORE |
+				  OC_WRITEOUT_MARKSTORED), 0, "writeout");
+	for (int i = 0; i < STRESS_THREADS; i++) {
+		uint64_t *stored = t->stored[own0 + (uint64_t)i];
+		ok &= stored && stored[0] == s[i].last;
+	}
+	CHECK(ok, "each thread's last write was stored");
+}
+
 static void test_stress(void)
 {
 	struct stresser s[STRESS_THREADS];
-	oc_ram_stats_t st;
 	uint64_t bad;
 	unsigned iters = (unsigned)(4000 / check_scale());
-	int ok = 1;
 
 	printf("# stress: %d threads, %u accesses each, budget 8 pages\n",
 	       STRESS_THREADS, iters);
@@ -503,19 +525,7 @@ static void test_stress(void)
 	oc_ram_reclaim(ram, 1000);
 	CHECK_EQ(oc_ram_set_budget(ram, 8 * PS), 0, "budget 8 pages");
 	bad = run_stress(s, base, PS, 64, 100, iters);
-	CHECK_EQ(bad, 0, "every read saw the right data");
-	oc_ram_stats(ram, &st);
-	printf("# loads %llu, reclaims %llu, faults %llu\n",
-	       (unsigned long long)st.loads, (unsigned long long)st.reclaims,
-	       (unsigned long long)st.faults);
-	CHECK(st.reclaims > 0, "reclaim ran under the budget");
-	CHECK_EQ(oc_fileh_writeout(fh, OC_WRITEOUT_STORE |
-				   OC_WRITEOUT_MARKSTORED), 0, "writeout");
-	for (int i = 0; i < STRESS_THREADS; i++) {
-		uint64_t *stored = tf.stored[100 + i];
-		ok &= stored && stored[0] == s[i].last;
-	}
-	CHECK(ok, "each thread's last write was stored");
+	check_stress(s, bad, ram, fh, &tf, 100);
 }
 
 /* The same with 2 MiB pages and a budget of 8 (4 kept dirty): most loads
@@ -530,10 +540,9 @@ static void test_stress_big(void)
 	oc_ram_t *ram2;
 	oc_fileh_t *fh2 = NULL;
 	oc_vma_t *v2 = NULL;
-	oc_ram_stats_t st;
 	uint64_t bad;
 	unsigned iters = (unsigned)(400 / check_scale());
-	int r, ok = 1;
+	int r;
 
 	printf("# stress: %d threads, %u accesses each, 2 MiB pages, budget "
 	       "8 pages (4 dirty)\n", STRESS_THREADS, iters);
@@ -549,19 +558,7 @@ static void test_stress_big(void)
 	if (r)
 		goto out;
 	bad = run_stress(s, oc_vma_addr(v2), ps, 12, 12, iters);
-	CHECK_EQ(bad, 0, "every read saw the right data");
-	oc_ram_stats(ram2, &st);
-	printf("# loads %llu, reclaims %llu, table moves %llu\n",
-	       (unsigned long long)st.loads, (unsigned long long)st.reclaims,
-	       (unsigned long long)st.table_moves);
-	CHECK(st.reclaims > 0, "reclaim ran under the budget");
-	CHECK_EQ(oc_fileh_writeout(fh2, OC_WRITEOUT_STORE |
-				   OC_WRITEOUT_MARKSTORED), 0, "writeout");
-	for (int i = 0; i < STRESS_THREADS; i++) {
-		uint64_t *stored = tf2.stored[12 + i];
-		ok &= stored && stored[0] == s[i].last;
-	}
-	CHECK(ok, "each thread's last write was stored");
+	check_stress(s, bad, ram2, fh2, &tf2, 12);
 out:
 	if (v2)
 		oc_vma_unmap(v2);
