@@ -24,7 +24,8 @@
  * fdatasync'ed, and becomes visible only when the LMDB write transaction
  * pointing to it commits: LMDB's meta-page switch is the one commit point.
  * A crash at any instant leaves the last committed LMDB state, whose
- * extents were never overwritten.
+ * extents were never overwritten.  (Extents past the data end are written
+ * with O_DIRECT, the others through the page cache: see write_extent.)
  *
  * Snapshot.  One LMDB read-only transaction (MDB_NOTLS) per outcore
  * transaction; the next one is begun before the old one is released, so
