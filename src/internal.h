@@ -190,6 +190,7 @@ struct oc_ram {
 	 * (not hugetlb), where that saves ~350 us per 2 MiB here. */
 	bool can_park;
 	void **parks;           /* free parks */
+	void **parks_made;      /* every park (fork keeps them from children) */
 	unsigned nparks, nparks_made;
 	void *zeros; /* pagesize of zeros to copy from (see _oc_ram_zero_slot) */
 

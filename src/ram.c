@@ -201,9 +201,11 @@ static void ram_free(oc_ram_t *ram)
 	close(ram->fd);
 	free(ram->chunks);
 	OC_BUG_ON(ram->nparks != ram->nparks_made); /* no page holds one */
-	while (ram->nparks)
-		_oc_os_release(ram->parks[--ram->nparks], ram->pagesize);
+	while (ram->nparks_made)
+		_oc_os_release(ram->parks_made[--ram->nparks_made],
+			       ram->pagesize);
 	free(ram->parks);
+	free(ram->parks_made);
 	if (ram->zeros)
 		munmap(ram->zeros, ram->pagesize);
 	free(ram->freeslots);
@@ -526,6 +528,7 @@ got:
 void *_oc_ram_get_park(oc_ram_t *ram)
 {
 	void *park = NULL, **parks;
+	size_t n = ram->nparks_made + 1;
 
 	if (!ram->can_park)
 		return NULL;
@@ -533,13 +536,17 @@ void *_oc_ram_get_park(oc_ram_t *ram)
 		return ram->parks[--ram->nparks];
 	/* Room for every park made in the free list, so that giving one
 	 * back cannot fail. */
-	parks = realloc(ram->parks, (ram->nparks_made + 1) * sizeof *parks);
+	parks = realloc(ram->parks, n * sizeof *parks);
 	if (!parks)
 		return NULL;
 	ram->parks = parks;
+	parks = realloc(ram->parks_made, n * sizeof *parks);
+	if (!parks)
+		return NULL;
+	ram->parks_made = parks;
 	if (_oc_os_reserve(ram->pagesize, ram->pagesize, &park))
 		return NULL;
-	ram->nparks_made++;
+	ram->parks_made[ram->nparks_made++] = park;
 	return park;
 }
 

@@ -1767,6 +1767,10 @@ static void fork_prepare(void)
 				madvise(ram->chunks[c],
 					ram->chunk_slots * ram->pagesize,
 					MADV_DONTFORK);
+		/* a park may map the RAM's file (read-only) */
+		for (c = 0; c < ram->nparks_made; c++)
+			madvise(ram->parks_made[c], ram->pagesize,
+				MADV_DONTFORK);
 	}
 }
 

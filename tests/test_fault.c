@@ -536,6 +536,23 @@ static void c_fork_fresh(void *arg)
 	_exit(0);
 }
 
+/* No mapping of a RAM's memory file reaches the child: exit 0, or 1 with
+ * the line of /proc/self/maps that shows one. */
+static void c_fork_maps(void *arg)
+{
+	char line[512];
+	FILE *f = fopen("/proc/self/maps", "r");
+	(void)arg;
+	if (!f)
+		_exit(2);
+	while (fgets(line, sizeof line, f))
+		if (strstr(line, "memfd:outcore-ram")) {
+			fprintf(stderr, "child maps: %s", line);
+			_exit(1);
+		}
+	_exit(0);
+}
+
 static void test_fork(void)
 {
 	struct child c;
@@ -579,6 +596,33 @@ static void test_fork(void)
 	CHECK(*(volatile char *)pbase == 'P', "the parent's data is still 'P'");
 	CHECK_EQ(TF_GET(&ptf.blk_loads[6]), 0, "the child loaded nothing for "
 		 "the parent");
+
+	/* a RAM of 2 MiB pages that recycled slots, so that it has parks
+	 * (mappings of its file moved out of the way: see struct oc_ram) */
+	{
+		tfile_t btf;
+		oc_ram_t *bram = tf_ram(2 << 20, 2 << 21, &r);
+		oc_fileh_t *bfh = NULL;
+		oc_vma_t *bv = NULL;
+		tfile_init(&btf, 2 << 20, "tparks");
+		if (bram && !oc_fileh_open(&bfh, &btf.file, bram) &&
+		    !oc_fileh_mmap(bfh, 0, 4, &bv))
+			for (uint64_t b = 0; b < 4; b++)
+				sink += *tf_at(oc_vma_addr(bv), 2 << 20, b, 1);
+		CHECK(bv != NULL, "a RAM with recycled 2 MiB slots (%d)", r);
+		run_child(c_fork_maps, NULL, &c);
+		CHECK(exited(&c, 0), "the child inherits no mapping of a RAM's "
+		      "memory file (%s)", how(&c));
+		if (!exited(&c, 0))
+			show_err(&c);
+		if (bv)
+			oc_vma_unmap(bv);
+		if (bfh)
+			oc_fileh_close(bfh);
+		oc_file_put(&btf.file);
+		if (bram)
+			CHECK_EQ(oc_ram_close(bram), 0, "close the 2 MiB RAM");
+	}
 
 	run_child(c_fork_calls, NULL, &c);
 	CHECK(exited(&c, 0), "inherited handle: every call answers OC_EFORKED "
