@@ -103,11 +103,14 @@ int _oc_os_unmap_to_reserve(void *addr, size_t len);
  * populating the page tables when populate is set. */
 int _oc_os_map_fixed(void *addr, size_t len, int prot, int fd, uint64_t off,
 		     bool populate);
+/* Advise a file mapping so that what its reads bring into the page cache
+ * comes in large folios (MADV_HUGEPAGE: otherwise readahead that meets
+ * other reads of the file falls back to 4 KiB pages, and every later
+ * mapping of them then fills 512 entries per 2 MiB instead of one). */
+void _oc_os_advise_huge(void *addr, size_t len);
 /* Fill the page tables of a read-only file mapping, reading what is not
- * cached with the file's readahead in large folios (MADV_HUGEPAGE first:
- * otherwise readahead that meets other reads of the file falls back to
- * 4 KiB pages, and every later mapping of them then fills 512 entries per
- * 2 MiB instead of one).  -EINVAL before Linux 5.14: nothing is filled. */
+ * cached (advise it first).  -EINVAL before Linux 5.14: nothing is
+ * filled. */
 int _oc_os_populate(void *addr, size_t len);
 /* Move the mapping of [from, from+len) with its page tables to to
  * (mremap MREMAP_DONTUNMAP: from keeps its mapping, without page tables;
@@ -116,9 +119,15 @@ int _oc_os_populate(void *addr, size_t len);
  * -EINVAL from kernels before 5.13 and from valgrind. */
 int _oc_os_move(void *from, size_t len, void *to);
 /* Map [off, off+len) of regular file fd read-only, anywhere
- * (*out; give it back with _oc_os_release).  -EIO if the file ends before
- * off+len (a mapping past the end would raise SIGBUS when read). */
+ * (*out; give it back with _oc_os_release), advised with
+ * _oc_os_advise_huge.  -EIO if the
+ * file ends before off+len (a mapping past the end would raise SIGBUS
+ * when read). */
 int _oc_os_map_file_ro(int fd, uint64_t off, size_t len, const void **out);
+/* len bytes of zeros to read or copy from, anywhere (*out; give it back
+ * with _oc_os_release): a private mapping never written, all of it the
+ * kernel's one zero page, so it costs no memory and copies from cache. */
+int _oc_os_map_zeros(size_t len, const void **out);
 /* mprotect. */
 int _oc_os_protect(void *addr, size_t len, int prot);
 /* Punch a hole (free the memory) in a shared-memory file. */
@@ -192,7 +201,7 @@ struct oc_ram {
 	void **parks;           /* free parks */
 	void **parks_made;      /* every park (fork keeps them from children) */
 	unsigned nparks, nparks_made;
-	void *zeros; /* pagesize of zeros to copy from (see _oc_ram_zero_slot) */
+	const void *zeros; /* pagesize of zeros (_oc_os_map_zeros), or NULL */
 
 	oc_ram_stats_t st;
 	bool warned;

@@ -119,10 +119,16 @@ int _oc_os_map_fixed(void *addr, size_t len, int prot, int fd, uint64_t off,
 	RET(0);
 }
 
-int _oc_os_populate(void *addr, size_t len)
+void _oc_os_advise_huge(void *addr, size_t len)
 {
 	SAVE_ERRNO;
 	(void)madvise(addr, len, MADV_HUGEPAGE);
+	errno = saved_errno_;
+}
+
+int _oc_os_populate(void *addr, size_t len)
+{
+	SAVE_ERRNO;
 	if (madvise(addr, len, MADV_POPULATE_READ))
 		RET(-errno);
 	RET(0);
@@ -153,6 +159,18 @@ int _oc_os_map_file_ro(int fd, uint64_t off, size_t len, const void **out)
 	 * cache (with the kernel's fault-around), which measured here costs
 	 * half of filling every entry up front. */
 	p = mmap(NULL, len, PROT_READ, MAP_SHARED, fd, (off_t)off);
+	if (p == MAP_FAILED)
+		RET(-errno);
+	_oc_os_advise_huge(p, len);
+	*out = p;
+	RET(0);
+}
+
+int _oc_os_map_zeros(size_t len, const void **out)
+{
+	SAVE_ERRNO;
+	void *p = mmap(NULL, len, PROT_READ,
+		       MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
 	if (p == MAP_FAILED)
 		RET(-errno);
 	*out = p;

@@ -207,7 +207,7 @@ static void ram_free(oc_ram_t *ram)
 	free(ram->parks);
 	free(ram->parks_made);
 	if (ram->zeros)
-		munmap(ram->zeros, ram->pagesize);
+		_oc_os_release((void *)ram->zeros, ram->pagesize);
 	free(ram->freeslots);
 	free(ram->warm);
 	free(ram);
@@ -585,14 +585,9 @@ int _oc_ram_zero_slot(oc_ram_t *ram, uint64_t slot)
 
 	/* Overwritten with zeros rather than punched: a punched page is
 	 * allocated and cleared again at its next touch, which here costs
-	 * several times the copy (fresh memory of a VM).  The zeros come
-	 * from a private mapping never written, all of it the kernel's one
-	 * zero page, so the copy reads from the cache. */
-	if (ram->can_pwrite && !ram->zeros) {
-		void *z = mmap(NULL, ram->pagesize, PROT_READ,
-			       MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-		ram->zeros = z == MAP_FAILED ? NULL : z;
-	}
+	 * several times the copy (fresh memory of a VM). */
+	if (ram->can_pwrite && !ram->zeros) /* left NULL if it fails */
+		(void)_oc_os_map_zeros(ram->pagesize, &ram->zeros);
 	if (ram->zeros &&
 	    !_oc_os_pwrite_all(ram->fd, ram->zeros, ram->pagesize, off))
 		return 0;

@@ -162,6 +162,16 @@ static void name_in_detail(struct sarray *sa, uint64_t blk)
 				    (unsigned long long)blk);
 }
 
+/* After a file op of sa's block blk failed with err (< 0; the positive
+ * answers OC_NOMAP and OC_ZEROBLK are not failures): say so. */
+static void report_err(struct sarray *sa, uint64_t blk, int err)
+{
+	if (err == OC_ECORRUPT)
+		corrupt_msg(sa, blk);
+	else if (err < 0)
+		name_in_detail(sa, blk);
+}
+
 static int sa_loadblk(oc_file_t *f, uint64_t blk, void *buf)
 {
 	struct sarray *sa = (struct sarray *)f;
@@ -176,10 +186,7 @@ static int sa_loadblk(oc_file_t *f, uint64_t blk, void *buf)
 	oc_set_error_detail(NULL); /* what the engine says, or nothing */
 	err = st->ops->blk_load(st->eng, id, blk, f->blksize,
 				!(st->flags & OC_STORE_NOVERIFY), buf);
-	if (err == OC_ECORRUPT)
-		corrupt_msg(sa, blk);
-	else if (err)
-		name_in_detail(sa, blk);
+	report_err(sa, blk, err);
 	return err;
 }
 
@@ -216,10 +223,7 @@ static int sa_mapblk_patched(oc_file_t *f, uint64_t blk, int *fd,
 	err = st->ops->blk_map_patched(st->eng, id, blk, f->blksize,
 				       !(st->flags & OC_STORE_NOVERIFY),
 				       granule, fd, off, buf, changed);
-	if (err == OC_ECORRUPT)
-		corrupt_msg(sa, blk);
-	else if (err && err != OC_NOMAP && err != OC_ZEROBLK)
-		name_in_detail(sa, blk);
+	report_err(sa, blk, err);
 	return err;
 }
 

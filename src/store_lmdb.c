@@ -157,10 +157,6 @@ struct lmdb_eng {
 		n_verified, n_corrupt, n_dpages, n_folded;
 };
 
-#ifndef MADV_POPULATE_READ
-#define MADV_POPULATE_READ 22 /* Linux 5.14 */
-#endif
-
 /* O_DIRECT's alignment of buffers, offsets and lengths (write_extent). */
 #define DIRECT_ALIGN 4096
 
@@ -789,11 +785,41 @@ static int map_extent(struct lmdb_eng *e, const struct blkrec *r,
 {
 	int err = _oc_os_map_file_ro(e->datafd, r->off, blksize, m);
 
-	/* If the reads through it fill the page cache, with large folios
-	 * (see _oc_os_populate) */
-	if (!err)
-		(void)madvise((void *)*m, blksize, MADV_HUGEPAGE);
 	return err == -EIO ? OC_ECORRUPT : err;
+}
+
+/* Read the granules of mask (granules_of(blksize) of them) of the extent
+ * at off into the same places of dst: 0, OC_ECORRUPT when the data file
+ * ends before them, or -errno. */
+static int pread_granules(struct lmdb_eng *e, void *dst, size_t blksize,
+			  uint32_t mask, uint64_t off)
+{
+	unsigned n = granules_of(blksize), g;
+	size_t gs = blksize / n;
+	int err = 0;
+
+	for (g = 0; !err && g < n; g++)
+		if ((mask >> g) & 1)
+			err = _oc_os_pread_all(e->datafd, (char *)dst + g * gs,
+					       gs, off + g * gs);
+	return err == -EIO ? OC_ECORRUPT : err;
+}
+
+/* verify() with the base read through a mapping of r's extent: no copy
+ * and no buffer to fault in, and the pages it reads are those the core's
+ * mapping will use. */
+static int verify_extent(struct lmdb_eng *e, const struct blkrec *r,
+			 size_t blksize, const unsigned char *over,
+			 uint32_t mask)
+{
+	const void *m;
+	int err = map_extent(e, r, blksize, &m);
+
+	if (!err) {
+		err = verify(e, r, blksize, m, over, mask);
+		_oc_os_release((void *)m, blksize);
+	}
+	return err;
 }
 
 /* Lay the deltas of block (id, blk) over buf, with r its record as read
@@ -883,8 +909,9 @@ static int cached(int fd, uint64_t off, uint64_t len)
 
 	if (!__atomic_load_n(&none, __ATOMIC_RELAXED)) {
 		if (syscall(451 /* cachestat */, fd, &range, &cs, 0) == 0)
-			return cs.nr_cache * 4096 >= len;
-		if (errno == ENOSYS)
+			return cs.nr_cache * (uint64_t)sysconf(_SC_PAGESIZE) >=
+			       len;
+		if (errno == ENOSYS || errno == EPERM) /* or a seccomp filter */
 			__atomic_store_n(&none, 1, __ATOMIC_RELAXED);
 	}
 #else
@@ -911,7 +938,7 @@ static void fetch_extent(struct lmdb_eng *e, const struct blkrec *r,
 		(void)mincore((void *)(m + blksize - 4096), 4096, &in[1]);
 	}
 	if (!(in[0] & in[1] & 1) &&
-	    madvise((void *)m, blksize, MADV_POPULATE_READ)) {
+	    _oc_os_populate((void *)m, blksize) == -EINVAL) {
 		for (size_t o = 0; o < blksize; o += 4096) /* before 5.14 */
 			(void)*(volatile const unsigned char *)(m + o);
 	}
@@ -976,10 +1003,8 @@ static void *verifier(void *arg)
 	return NULL;
 }
 
-/* Before block (id, blk), record r, is verified by the reader (mu held):
- * queue the blocks after it when the reader goes in sequence, and if the
- * thread is hashing this one, help it.  Returns whether r is verified
- * now. */
+/* A reader maps block (id, blk) (mu held): when it goes in sequence, give
+ * the thread the blocks after it, to verify or (fetch) only to read. */
 static void queue_ahead(struct lmdb_eng *e, uint64_t id, uint64_t blk,
 			size_t blksize, bool fetch)
 {
@@ -1005,6 +1030,9 @@ static void queue_ahead(struct lmdb_eng *e, uint64_t id, uint64_t blk,
 	}
 }
 
+/* Before block (id, blk), record r, is verified by the reader (mu held):
+ * queue the blocks after it, and if the thread is hashing this one, help
+ * it.  Returns whether r is verified now. */
 static bool verify_ahead(struct lmdb_eng *e, uint64_t id, uint64_t blk,
 			 size_t blksize, const struct blkrec *r)
 {
@@ -1062,11 +1090,10 @@ static int eng_blk_map(void *p, uint64_t id, uint64_t blk, size_t blksize,
 
 	pthread_mutex_lock(&e->mu);
 	err = blk_get(e, e->snap, id, blk, &r);
-	if (!err && !r.ndelta && do_verify &&
-	    verify_ahead(e, id, blk, blksize, &r))
-		do_verify = 0; /* verified already */
-	else if (!err && !do_verify)
+	if (!err && !do_verify)
 		queue_ahead(e, id, blk, blksize, true); /* read ahead */
+	else if (!err && !r.ndelta && verify_ahead(e, id, blk, blksize, &r))
+		do_verify = 0; /* verified already */
 	pthread_mutex_unlock(&e->mu);
 	if (err == 1) {
 		CNT(e, n_holes);
@@ -1076,19 +1103,8 @@ static int eng_blk_map(void *p, uint64_t id, uint64_t blk, size_t blksize,
 		return err;
 	if (r.ndelta)
 		return OC_NOMAP; /* to be assembled by blk_load */
-	if (do_verify) {
-		/* Hash the extent through a mapping of the page cache: no
-		 * copy and no buffer to fault in, and the pages it reads are
-		 * those the core's mapping will use. */
-		const void *m;
-		err = map_extent(e, &r, blksize, &m);
-		if (err)
-			return err;
-		err = verify(e, &r, blksize, m, NULL, 0);
-		_oc_os_release((void *)m, blksize);
-		if (err)
-			return err;
-	}
+	if (do_verify && (err = verify_extent(e, &r, blksize, NULL, 0)))
+		return err;
 	CNT(e, n_maps);
 	*fd = e->datafd;
 	*off = r.off;
@@ -1108,13 +1124,11 @@ static int eng_blk_map_patched(void *p, uint64_t id, uint64_t blk,
 			       uint32_t *changed)
 {
 	struct lmdb_eng *e = p;
-	unsigned char *b = buf;
-	unsigned n = granules_of(blksize), g;
+	unsigned n = granules_of(blksize);
 	size_t gs = blksize / n;
 	struct blkrec r;
 	uint32_t mask;
 	uint64_t sid, cnt;
-	const void *m;
 	int err;
 
 again:
@@ -1122,7 +1136,8 @@ again:
 	pthread_mutex_lock(&e->mu);
 	err = blk_get(e, e->snap, id, blk, &r);
 	sid = e->snap_id;
-	if (!err && r.ndelta)
+	/* (the deltas are walked only for a record that can be patched) */
+	if (!err && r.ndelta && r.ngran == n && granule == gs)
 		err = deltas_apply(e, e->snap, id, blk, blksize, NULL, false,
 				   &cnt, &mask);
 	pthread_mutex_unlock(&e->mu);
@@ -1132,22 +1147,14 @@ again:
 	}
 	if (err)
 		return err;
-	if (!r.ndelta || r.ngran != n || granule != gs || !mask ||
-	    (unsigned)__builtin_popcount(mask) >= n / 4)
+	if (!mask || (unsigned)__builtin_popcount(mask) >= n / 4)
 		return OC_NOMAP;
-	for (g = 0; !err && g < n; g++)
-		if ((mask >> g) & 1)
-			err = _oc_os_pread_all(e->datafd, b + g * gs, gs,
-					       r.off + g * gs);
-	if (err)
-		return err == -EIO ? OC_ECORRUPT : err;
+	if ((err = pread_granules(e, buf, blksize, mask, r.off)))
+		return err;
 	if ((err = lay_deltas(e, id, blk, blksize, buf, sid, &r)) == 1)
 		goto again;
-	if (!err && do_verify && !is_verified(e, &r) &&
-	    !(err = map_extent(e, &r, blksize, &m))) {
-		err = verify(e, &r, blksize, m, buf, mask);
-		_oc_os_release((void *)m, blksize);
-	}
+	if (!err && do_verify && !is_verified(e, &r))
+		err = verify_extent(e, &r, blksize, buf, mask);
 	if (err)
 		return err;
 	CNT(e, n_maps);
@@ -1605,13 +1612,12 @@ static int read_granules(struct lmdb_eng *e, size_t blksize, uint32_t changed,
 {
 	unsigned n = granules_of(blksize), g;
 	size_t gs = blksize / n;
-	int err = 0;
+	uint32_t mask = 0;
 
-	for (g = 0; !err && g < n; g++)
+	for (g = 0; g < n; g++)
 		if (any_changed(changed, granule, g * gs, gs) == these)
-			err = _oc_os_pread_all(e->datafd, e->old + g * gs, gs,
-					       old->off + g * gs);
-	return err == -EIO ? OC_ECORRUPT : err;
+			mask |= (uint32_t)1 << g;
+	return pread_granules(e, e->old, blksize, mask, old->off);
 }
 
 /* The new version of a block of which only the granules in changed may

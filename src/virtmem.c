@@ -466,16 +466,18 @@ static int map_run(struct oc_vma *v, struct page **run, uint64_t n, int prot,
 		fd = ram->fd;
 		off = (uint64_t)p->slot << ram->pageshift;
 	}
-	/* A base run is populated by _oc_os_populate (large folios). */
+	/* A base run is populated after advice for large folios. */
 	err = _oc_os_map_fixed(page_addr(v, p->blk), n << ram->pageshift, prot,
 			       fd, off, populate && p->state != PAGE_BASE);
 	if (err) {
 		err = err == -ENOMEM ? OC_EMAPLIMIT : err;
 		goto undo;
 	}
-	if (populate && p->state == PAGE_BASE)
+	if (populate && p->state == PAGE_BASE) {
+		_oc_os_advise_huge(page_addr(v, p->blk), n << ram->pageshift);
 		(void)_oc_os_populate(page_addr(v, p->blk),
 				      n << ram->pageshift);
+	}
 linked:
 	for (i = 0; i < n; i++)
 		link_rec(recs[i], v, run[i], prot, 1);
