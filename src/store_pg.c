@@ -32,11 +32,11 @@
  *
  * Read-ahead.  A load that is the third in a row of consecutive blocks of
  * one array puts rc in pipeline mode with requests for that block and the
- * next ones in flight (ra_max: RA_MAX, fewer for blocks over RA_BYTES /
+ * next ones in flight (RA_MAX, fewer for blocks over RA_BYTES /
  * RA_MAX), each with a sync point of its own; the next loads are served
  * from the queue in order, each sending the request for one more block, so
  * the server sends while the client copies and verifies.  Memory: the
- * answers in flight are at most ra_max blocks (RA_BYTES, 16 MiB, for 2 MiB
+ * answers in flight are at most that many blocks (RA_BYTES, 16 MiB, for 2 MiB
  * blocks) held by the kernel's socket buffers and libpq's input buffer,
  * outside the RAM budget, plus the one result being copied.  Any other use
  * of rc drops the queue (its answers are read and thrown away, pipeline
@@ -166,7 +166,7 @@ struct pg_eng {
 	 * pipeline mode); seq_*: the block after the last load, and how many
 	 * loads in a row were sequential. */
 	uint64_t ra_id, ra_head, seq_id, seq_next;
-	unsigned ra_n, ra_max, seq_run;
+	unsigned ra_n, seq_run;
 	/* Holes: which blocks lo .. lo + WIN_BLKS - 1 of array id exist in
 	 * the snapshot snap_id (id 0: unused); win_next: the one replaced
 	 * next. */
@@ -617,8 +617,8 @@ static void ra_drop(struct pg_eng *e)
 		e->rc_bad = true;
 }
 
-/* Under mu: start read-ahead at block blk of array id: ra_max requests in
- * flight (one round trip for all of them).  Nothing happens on failure: the
+/* Under mu: start read-ahead at block blk of array id: RA_MAX requests
+ * (fewer for large blocks) in flight (one round trip for all of them).  Nothing happens on failure: the
  * load goes the plain way. */
 static void ra_start(struct pg_eng *e, uint64_t id, uint64_t blk,
 		     size_t blksize)
@@ -631,7 +631,6 @@ static void ra_start(struct pg_eng *e, uint64_t id, uint64_t blk,
 		return;
 	e->ra_id = id;
 	e->ra_head = blk;
-	e->ra_max = k;
 	for (e->ra_n = 0; e->ra_n < k; e->ra_n++) {
 		if (!ra_send(e, id, blk + e->ra_n)) {
 			ra_drop(e);
@@ -642,7 +641,7 @@ static void ra_start(struct pg_eng *e, uint64_t id, uint64_t blk,
 }
 
 /* Under mu: the answer for block ra_head (PGRES_TUPLES_OK), and the
- * request for the next block not yet asked for, so ra_max stay in flight.
+ * request for the next block not yet asked for, so as many stay in flight.
  * NULL with *err on failure: read-ahead is dropped and rc_bad set; *lost
  * when the connection went (the caller retries the plain way, which
  * reconnects). */
@@ -823,6 +822,7 @@ static void eng_close(void *p)
 	pthread_mutex_destroy(&e->mu);
 	free(e->stale);
 	free(e->changed);
+	free(e->direct);
 	free(e);
 }
 
@@ -934,8 +934,6 @@ static int eng_array_list(void *p, int (*cb)(const char *, void *), void *arg)
 	return err;
 }
 
-/* Under mu: the window of block blk of array id, read if need be and
- * fetch; NULL (with *err if a read failed): none. */
 /* The window of block (id, blk) already fetched, or NULL (mu held). */
 static struct pg_win *win_find(struct pg_eng *e, uint64_t id, uint64_t blk)
 {
@@ -955,6 +953,8 @@ static bool win_has(const struct pg_win *w, uint64_t blk)
 	return w->bits[k / 64] >> (k % 64) & 1;
 }
 
+/* Under mu: the window of block blk of array id, read if need be and
+ * fetch; NULL (with *err if a read failed): none. */
 static struct pg_win *win_get(struct pg_eng *e, uint64_t id, uint64_t blk,
 			      bool fetch, int *err)
 {
@@ -1044,6 +1044,7 @@ static int eng_blk_load(void *p, uint64_t id, uint64_t blk, size_t blksize,
 	if (e->ra_n)
 		r = ra_take(e, &err, &lost);
 	if (!r && (!err || lost)) {
+		err = 0; /* a lost connection: retried the plain way */
 		r = rc_query(e, "oc_blk", NULL, 2, vals, lens, &err);
 		if (r && lost)
 			oc_set_error_detail(NULL); /* recovered */
