@@ -33,6 +33,7 @@
 #endif
 
 #include "check.h"
+#include "internal.h" /* _oc_os_under_valgrind */
 #include "testfile.h"
 
 #define PS ((size_t)4096)
@@ -610,6 +611,16 @@ static void test_fork(void)
 			for (uint64_t b = 0; b < 4; b++)
 				sink += *tf_at(oc_vma_addr(bv), 2 << 20, b, 1);
 		CHECK(bv != NULL, "a RAM with recycled 2 MiB slots (%d)", r);
+		if (_oc_os_under_valgrind()) {
+			printf("# skipped: parks (valgrind refuses mremap's "
+			       "MREMAP_DONTUNMAP, so none is made)\n");
+		} else if (bram) {
+			oc_ram_stats_t bst;
+			oc_ram_stats(bram, &bst);
+			CHECK(bst.table_moves > 0, "it moved page tables "
+			      "through parks (%llu)",
+			      (unsigned long long)bst.table_moves);
+		}
 		run_child(c_fork_maps, NULL, &c);
 		CHECK(exited(&c, 0), "the child inherits no mapping of a RAM's "
 		      "memory file (%s)", how(&c));

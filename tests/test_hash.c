@@ -6,8 +6,8 @@
  * _oc_xxh3 picks (AVX2 where the CPU has it) must give the values of
  * Debian's libxxhash: stores written on one machine are verified on
  * another.  Lengths around every internal boundary of XXH3 (0-16, 17-128,
- * 129-240, stripes of 64, blocks of 1,024 bytes), at every alignment, and
- * the block sizes the stores use.
+ * 129-240, stripes of 64, blocks of 1,024 bytes), at alignments 0-63 in
+ * steps of 7, and the block sizes the stores use.
  */
 #include "check.h"
 #include "internal.h"
@@ -25,8 +25,8 @@ static uint64_t rnd(void)
 	return rnd_state;
 }
 
-/* Whether _oc_xxh3 and the library agree on every length in [lo, hi] at
- * every alignment of buf (0-63) in steps of step. */
+/* Whether _oc_xxh3 and the library agree on every length in [lo, hi] in
+ * steps of step, at alignments of buf 0-63 in steps of 7. */
 static int same(const unsigned char *buf, size_t lo, size_t hi, size_t step)
 {
 	for (size_t al = 0; al < 64; al += 7)
@@ -42,8 +42,9 @@ int main(void)
 	unsigned char *buf = malloc(big + 64);
 	const char *impl = _oc_xxh3_impl();
 
+	CHECK(buf != NULL, "a 2 MiB buffer");
 	if (!buf)
-		return 1;
+		return check_done();
 	for (size_t i = 0; i < big + 64; i += 8) {
 		uint64_t r = rnd();
 		memcpy(buf + i, &r, 8);
@@ -52,10 +53,18 @@ int main(void)
 	      "implementation: %s", impl ? impl : "(null)");
 	if (__builtin_cpu_supports("avx2"))
 		CHECK(!strcmp(impl, "avx2"), "the CPU has AVX2 and it is used");
-	CHECK(same(buf, 0, 300, 1), "lengths 0-300 equal the library's");
-	CHECK(same(buf, 1000, 5000, 13), "lengths 1000-5000 equal the library's");
-	CHECK(same(buf, 65536 - 3, 65536 + 3, 1), "64 KiB +- 3 equal the library's");
-	CHECK(_oc_xxh3(buf, big) == _oc_xxh3_lib(buf, big), "2 MiB equals the library's");
+	if (impl && !strcmp(impl, "libxxhash")) {
+		printf("# skipped: equal values (no AVX2: _oc_xxh3 is the "
+		       "library itself, nothing to compare)\n");
+	} else {
+		CHECK(same(buf, 0, 300, 1), "lengths 0-300 equal the library's");
+		CHECK(same(buf, 1000, 5000, 13),
+		      "lengths 1000-5000 equal the library's");
+		CHECK(same(buf, 65536 - 3, 65536 + 3, 1),
+		      "64 KiB +- 3 equal the library's");
+		CHECK(_oc_xxh3(buf, big) == _oc_xxh3_lib(buf, big),
+		      "2 MiB equals the library's");
+	}
 	/* A change anywhere changes the value (the checksum sees each byte). */
 	{
 		uint64_t h0 = _oc_xxh3(buf, 65536);

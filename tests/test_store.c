@@ -83,14 +83,20 @@ static void view_close(struct view *v)
 }
 
 /* Close v and *s, open the store at path again and view its array name
- * (nblk blocks) in v.  Returns 0, or -1 (said why). */
+ * (nblk blocks) in v.  Returns 0, or -1 (a failed check; *s is then
+ * closed and NULL). */
 static int reopen(const char *path, oc_store_t **s, struct view *v,
 		  const char *name, uint64_t nblk)
 {
 	view_close(v);
 	oc_store_close(*s);
 	*s = sopen(path, 0);
-	return *s && !view_open(*s, name, nblk, v) ? 0 : -1;
+	if (*s && !view_open(*s, name, nblk, v))
+		return 0;
+	CHECK(0, "reopen %s and view '%s'", path, name);
+	oc_store_close(*s);
+	*s = NULL;
+	return -1;
 }
 
 static void fill(struct view *v, uint64_t blk, uint64_t val)
@@ -634,8 +640,11 @@ static void test_corrupt_scan(const char *path, const char *copy)
 		close(fd);
 
 		s = sopen(copy, 0);
-		if (!s || oc_store_array_fileh(s, "scan", &fh))
+		if (!s || oc_store_array_fileh(s, "scan", &fh)) {
+			CHECK(0, "open the corrupt copy's array");
+			oc_store_close(s);
 			return;
+		}
 		f = oc_fileh_file(fh);
 		for (uint64_t b = 0; b < SN; b++) {
 			uint64_t o;
@@ -832,16 +841,24 @@ static void test_deltas(const char *path, const char *copy)
 			uint32_t ch = 0;
 			uint64_t o = 0;
 			int fd2;
-			CHECK_EQ(f->ops->mapblk_patched(f, 4, &fd2, &o, b, &ch, 4096),
-				 OC_ECORRUPT, "for a write too: OC_ECORRUPT");
-			int r = f->ops->mapblk_patched(f, 6, &fd2, &o, b, &ch, 4096);
-			CHECK(r == 0 && ch == 1u << 5 &&
-			      !memcmp(b + 5 * 4096, model + 6 * W + 5 * PW, 4096),
-			      "another block with deltas for a write: its base and its "
-			      "changed granule (%#x)", ch);
-			CHECK_EQ(f->ops->mapblk_patched(f, 6, &fd2, &o, b, &ch, 8192),
-				 OC_NOMAP, "other granules than the store's: OC_NOMAP");
-			free(b);
+			CHECK(b != NULL, "a block buffer");
+			if (b) {
+				int r;
+				CHECK_EQ(f->ops->mapblk_patched(f, 4, &fd2, &o, b, &ch,
+								4096),
+					 OC_ECORRUPT, "for a write too: OC_ECORRUPT");
+				r = f->ops->mapblk_patched(f, 6, &fd2, &o, b, &ch, 4096);
+				CHECK(r == 0 && ch == 1u << 5 &&
+				      !memcmp(b + 5 * 4096, model + 6 * W + 5 * PW,
+					      4096),
+				      "another block with deltas for a write: its "
+				      "base and its changed granule (%#x)", ch);
+				CHECK_EQ(f->ops->mapblk_patched(f, 6, &fd2, &o, b, &ch,
+								8192),
+					 OC_NOMAP,
+					 "other granules than the store's: OC_NOMAP");
+				free(b);
+			}
 		}
 		oc_store_close(s);
 	}
@@ -860,6 +877,17 @@ out:
 
 
 /* ---- partial copy-on-write through the store ---------------------------------- */
+
+/* Array "q" of test_partial after its three commits: words i + 1, but 8
+ * in page 3 of block 0 and 9 in pages 2-4 of block 1. */
+static int q_ok(struct view *q)
+{
+	int ok = 1;
+	for (uint64_t i = 0; i < 2 * W; i++)
+		ok &= q->p[i] == (i >= 3 * PW && i < 4 * PW ? 8 :
+				  i >= W + 2 * PW && i < W + 5 * PW ? 9 : i + 1);
+	return ok;
+}
 
 /* Blocks mapped from the store and then written here and there are kept
  * as patched pages (their base plus the granules written); commit stores
@@ -963,7 +991,7 @@ static void test_partial(const char *path)
 	 * run starts: the second must not see the first one's runs. */
 	{
 		oc_array_meta_t m2 = meta1(2, NULL);
-		struct view q;
+		struct view q = {0};
 		int err = oc_store_create(s, "q", &m2);
 		if (!err)
 			err = view_open(s, "q", 2, &q);
@@ -983,20 +1011,23 @@ static void test_partial(const char *path)
 			err = oc_store_commit(s);
 		CHECK(!err, "deltas over deltas next to a block without: %s",
 		      oc_strerror(err));
-		if (!err) {
-			ok = 1;
-			for (uint64_t i = 0; i < 2 * W; i++)
-				ok &= q.p[i] == (i >= 3 * PW && i < 4 * PW ? 8 :
-						 i >= W + 2 * PW && i < W + 5 * PW ? 9 : i + 1);
-			CHECK(ok, "and both blocks hold their data");
+		if (!err)
+			CHECK(q_ok(&q), "and both blocks hold their data");
+		if (q.vma)
 			view_close(&q);
-		}
 	}
 	if (reopen(path, &s, &v, "p", DN))
 		goto out;
 	ok = same(&v, model, DN);
+	{
+		struct view q = {0};
+		ok &= !view_open(s, "q", 2, &q) && q_ok(&q);
+		if (q.vma)
+			view_close(&q);
+	}
 	oc_store_stats(s, &ss);
-	CHECK(ok && ss.corrupt == 0, "reopened: the data, verified");
+	CHECK(ok && ss.corrupt == 0, "reopened: the data of both arrays, "
+	      "verified");
 	view_close(&v);
 	oc_store_close(s);
 out:
