@@ -11,13 +11,18 @@
  *     ids      array id (BE) -> name
  *     blocks   (array id, blk) (BE) -> extent offset, version (txnid),
  *              number of delta pages, checksums (see "Checksums")
- *     deltas   (array id, blk, first page) (BE) -> a run of 4 KiB pages that
- *              replace those of the extent (see "Page deltas")
+ *     meta     "arena" -> the arena delta runs are written to, its fill
+ *              position (see "Page deltas")
+ *     deltas   (array id, blk, first page) (BE) -> where in the data file
+ *              a run of 4 KiB pages that replace those of the extent is
+ *              (version 3: the pages themselves)
+ *     arenas   arena offset (BE) -> bytes of live delta runs in it
  *     free     extent offset (BE) -> freed-at txnid, length
  *     log      (txnid, array id, blk) (BE) -> nothing: what each commit
  *              changed (blk UINT64_MAX: the array's metadata); read to
  *              invalidate other processes' blocks and to detect conflicts
- *   data        block extents, each at a multiple of its block size.
+ *   data        block extents, each at a multiple of its block size, and
+ *               arenas of delta runs (ARENA bytes, at multiples of it).
  *
  * Commit point.  Block data goes to extents nobody can see (free extents
  * whose freed-at txnid no live reader predates, or past the data end), is
@@ -37,15 +42,20 @@
  * by page (4 KiB) when it is stored again.  If the pages that changed,
  * together with the block's pending delta pages, are at most a quarter of
  * the block, only the runs of delta pages that contain changed pages are
- * written, as values in the deltas database, and the block record keeps its
- * extent, with the checksum of the whole new content and the new version;
- * else the block is "folded": written whole to a fresh extent, its deltas
- * dropped.  Delta runs of a block never overlap.  Deltas live in LMDB, so
- * they share its commit point and its MVCC snapshots, and need no free
- * space management of ours; an extent with deltas is never written.  A
- * block with deltas is not mapped (blk_map says OC_NOMAP): blk_load reads
- * the extent, lays the deltas of the same snapshot over it and verifies the
- * checksum of the assembled block.
+ * written, and the block record keeps its extent, with the checksums of the
+ * new content and the new version; else the block is "folded": written
+ * whole to a fresh extent, its deltas dropped.  Delta runs of a block never
+ * overlap.  A run's pages go to the data file, into an arena (see "delta
+ * arenas": runs are packed one after the other and written in large
+ * writes, with O_DIRECT into new space), under the same rules as extents
+ * (space nobody can see, synced before the commit point); its record in
+ * the deltas database says where.  (Version 3 kept the pages in the record:
+ * LMDB then copied every delta twice, into fresh memory and into fresh
+ * pages of the index file, which cost more than all the rest of a commit
+ * of 1,000 x 64 KiB on these machines.)  An extent with deltas is never
+ * written.  A block with deltas is not mapped (blk_map says OC_NOMAP):
+ * blk_load reads the extent, lays the deltas of the same snapshot over it
+ * and verifies the checksums of the assembled block.
  *
  * Checksums.  A block is cut in granules (one per 4 KiB page, at most 32:
  * 64 KiB of a 2 MiB block, the core's granule of partial copy-on-write),
@@ -86,8 +96,13 @@
  * that a commit that changes a few granules of a block hashes only those.
  * Records of versions 1 and 2 (one XXH64 of the whole block) are read and
  * verified as they are, and replaced by version 3 records when their block
- * is written. */
-#define FORMAT_VERSION 3
+ * is written.
+ * 4: delta runs are stored in the data file, their records in the deltas
+ * database give where (see "Page deltas"), and the arenas database and
+ * the meta record "arena" keep the space they take.  Runs of version 3
+ * (the bytes in the record) stay readable next to them and go when their
+ * block is written again. */
+#define FORMAT_VERSION 4
 #define MAXGRAN 32 /* granules per block, at most (one per 4 KiB at least) */
 #define PG 4096 /* delta page size */
 #define MARK_OLD 1 /* a page with a stored delta */
@@ -102,15 +117,25 @@
 #define MAPSIZE_MIN ((size_t)256 << 20)
 #define PREALLOC ((uint64_t)64 << 20) /* data file space allocated at once */
 
+/* Delta runs are written to arenas: extents of ARENA bytes of the data
+ * file, filled from the start in the order runs are written (see "Page
+ * deltas"). */
+#define ARENA ((uint64_t)2 << 20)
+#define INLINE UINT64_MAX /* struct run's off of a run of version 3 */
+
 struct run {
 	uint64_t start, n; /* pages */
+	uint64_t off;      /* where in the data file, or INLINE */
 };
 
 struct lmdb_eng {
 	MDB_env *env;
-	MDB_dbi db_meta, db_arrays, db_ids, db_blocks, db_free, db_log, db_deltas;
+	MDB_dbi db_meta, db_arrays, db_ids, db_blocks, db_free, db_log, db_deltas,
+		db_arenas;
 	bool has_deltas;        /* db_deltas is open (a read-only open of a
 				 * version 1 store has none) */
+	bool has_arenas;        /* db_arenas is open (not in a read-only open
+				 * of a store of version 3 or less) */
 	int datafd;
 	int directfd;   /* the data file opened O_DIRECT (-1: none) */
 	int flags;
@@ -137,6 +162,15 @@ struct lmdb_eng {
 	size_t zero_gs;
 	struct run *runs;       /* txn_block: the stored delta runs */
 	size_t nruns, runs_cap;
+	/* the arena delta runs go to (meta "arena"), read at first use */
+	bool ar_loaded, ar_dirty;
+	bool ar_fresh;          /* it was past the data end when taken: its
+				 * free part may be written with O_DIRECT */
+	uint64_t ar_off, ar_pos; /* ar_off INLINE: none */
+	/* delta runs written since the last flush: [stage_off, +stage_len) */
+	unsigned char *stage;   /* ARENA bytes, O_DIRECT-aligned */
+	uint64_t stage_off;
+	size_t stage_len;
 
 	/* verification ahead of a sequential reader (see "Checksums"); all
 	 * under mu */
@@ -265,6 +299,7 @@ static void eng_close(void *p)
 	free(e->old);
 	free(e->marks);
 	free(e->runs);
+	free(e->stage);
 	free(e);
 }
 
@@ -290,7 +325,7 @@ static int env_open(struct lmdb_eng *e, const char *index, unsigned flags)
 		rc = mdb_env_create(&e->env);
 		if (rc)
 			return rc;
-		mdb_env_set_maxdbs(e->env, 8);
+		mdb_env_set_maxdbs(e->env, 10);
 		mdb_env_set_mapsize(e->env, mapsize);
 		rc = mdb_env_open(e->env, index, flags, 0644);
 		if (!rc)
@@ -408,6 +443,13 @@ static int eng_open(void **out, const char *path, int flags)
 		goto fail;
 	}
 	e->has_deltas = rc == 0;
+	/* Created here for stores of version 3 and less. */
+	rc = mdb_dbi_open(txn, "arenas", rdonly ? 0 : MDB_CREATE, &e->db_arenas);
+	if (rc && rc != MDB_NOTFOUND) {
+		err = mdb_err(rc);
+		goto fail;
+	}
+	e->has_arenas = rc == 0;
 	rc = mdb_txn_commit(txn); /* keeps the dbi handles */
 	txn = NULL;
 	if (rc) {
@@ -615,12 +657,33 @@ static void delta_key(unsigned char *kb, uint64_t id, uint64_t blk,
 	_oc_put_be64(kb + 16, page);
 }
 
+/* Read the delta run of len bytes at off in the data file into dst.  In
+ * the write transaction (staged), a run not written yet comes from the
+ * stage (see "Page deltas").  0, OC_ECORRUPT (past the end of the data
+ * file) or -errno. */
+static int delta_read(struct lmdb_eng *e, bool staged, void *dst, size_t len,
+		      uint64_t off)
+{
+	int err;
+
+	if (staged && e->stage_len && off >= e->stage_off &&
+	    off + len <= e->stage_off + e->stage_len) {
+		memcpy(dst, e->stage + (off - e->stage_off), len);
+		return 0;
+	}
+	err = _oc_os_pread_all(e->datafd, dst, len, off);
+	return err == -EIO ? OC_ECORRUPT : err;
+}
+
+static int delta_free(struct lmdb_eng *e, uint64_t off, uint64_t len);
+
 /* Lay the delta runs of block (id, blk) in txn over buf (unless NULL),
  * count their pages into *count and set in *gmask (unless NULL) the bits
  * of the granules (granules_of) they touch.  With collect, also list the
  * runs in e->runs and set MARK_OLD in e->marks for their pages (the
- * caller zeroes the marks).  Returns 0, OC_ECORRUPT (a run that does not
- * fit the block), -ENOMEM or an LMDB error. */
+ * caller zeroes the marks): only in the write transaction.  Returns 0,
+ * OC_ECORRUPT (a run that does not fit the block or the data file),
+ * -ENOMEM, -errno or an LMDB error. */
 static int deltas_apply(struct lmdb_eng *e, MDB_txn *txn, uint64_t id,
 			uint64_t blk, size_t blksize, void *buf, bool collect,
 			uint64_t *count, uint32_t *gmask)
@@ -628,7 +691,7 @@ static int deltas_apply(struct lmdb_eng *e, MDB_txn *txn, uint64_t id,
 	MDB_cursor *c;
 	unsigned char kb[24];
 	MDB_val k = {24, kb}, v;
-	uint64_t np = blksize / PG, n = 0;
+	uint64_t np = blksize / PG, n = 0, off;
 	int rc, err = 0;
 
 	if (!e->has_deltas)
@@ -651,13 +714,27 @@ static int deltas_apply(struct lmdb_eng *e, MDB_txn *txn, uint64_t id,
 		if (_oc_get_be64(kp) != id || _oc_get_be64(kp + 8) != blk)
 			break;
 		start = _oc_get_be64(kp + 16);
-		if (v.mv_size % PG || !len || start >= np || len > np - start) {
+		off = INLINE;
+		if (v.mv_size == 16) { /* where in the data file */
+			off = _oc_get_le64(v.mv_data);
+			len = _oc_get_le64((unsigned char *)v.mv_data + 8);
+		} else if (v.mv_size % PG) {
+			len = 0;
+		}
+		if (!len || start >= np || len > np - start ||
+		    (off != INLINE && off % PG)) {
 			err = OC_ECORRUPT;
 			break;
 		}
-		if (buf)
+		if (buf && off == INLINE)
 			memcpy((unsigned char *)buf + start * PG, v.mv_data,
 			       v.mv_size);
+		else if (buf)
+			err = delta_read(e, collect,
+					 (unsigned char *)buf + start * PG,
+					 len * PG, off);
+		if (err)
+			break;
 		for (uint64_t pg = start; gmask && pg < start + len; pg++)
 			*gmask |= (uint32_t)1 << (pg * granules_of(blksize) / np);
 		n += len;
@@ -674,6 +751,7 @@ static int deltas_apply(struct lmdb_eng *e, MDB_txn *txn, uint64_t id,
 			e->runs_cap = cap;
 		}
 		e->runs[e->nruns].start = start;
+		e->runs[e->nruns].off = off;
 		e->runs[e->nruns++].n = len;
 		memset(e->marks + start, MARK_OLD, len);
 	}
@@ -685,7 +763,7 @@ static int deltas_apply(struct lmdb_eng *e, MDB_txn *txn, uint64_t id,
 }
 
 /* Delete the delta runs of block (id, blk), or with all of every block of
- * array id, in the write transaction. */
+ * array id, in the write transaction, and free their space. */
 static int deltas_drop(struct lmdb_eng *e, uint64_t id, uint64_t blk, bool all)
 {
 	MDB_cursor *c;
@@ -704,7 +782,11 @@ static int deltas_drop(struct lmdb_eng *e, uint64_t id, uint64_t blk, bool all)
 		if (k.mv_size != 24 || _oc_get_be64(k.mv_data) != id ||
 		    (!all && _oc_get_be64((unsigned char *)k.mv_data + 8) != blk))
 			break;
-		err = mdb_err(mdb_cursor_del(c, 0));
+		if (v.mv_size == 16) /* a run in the data file */
+			err = delta_free(e, _oc_get_le64(v.mv_data),
+					 _oc_get_le64((unsigned char *)v.mv_data + 8) * PG);
+		if (!err)
+			err = mdb_err(mdb_cursor_del(c, 0));
 	}
 	if (!err && rc && rc != MDB_NOTFOUND)
 		err = mdb_err(rc);
@@ -1219,6 +1301,8 @@ static void eng_txn_abort(void *p)
 	if (e->w)
 		mdb_txn_abort(e->w);
 	e->w = NULL;
+	e->ar_loaded = false;
+	e->stage_len = 0; /* runs of no record */
 	free(e->changed);
 	e->changed = NULL;
 	e->nchanged = 0;
@@ -1545,6 +1629,196 @@ static int alloc_extent(struct lmdb_eng *e, uint64_t len, uint64_t *off)
 	return 0;
 }
 
+/* ---- delta arenas ----------------------------------------------------------
+ *
+ * A run of delta pages goes to the current arena, at its fill position,
+ * through the stage: runs written one after the other are contiguous in the
+ * data file and reach it as one write when the arena is full or at commit
+ * (1,000 runs of 64 KiB: 32 writes of 2 MiB).  The arenas database counts
+ * the live bytes of each arena; an arena whose count falls to zero and that
+ * is not the current one is freed whole, like a block extent (free_put's
+ * txnid keeps it from snapshots that may still read it).  Space freed
+ * inside an arena is reused only with the whole arena; the current arena
+ * stays current when nothing in it lives (it is at most ARENA bytes, and
+ * runs that follow go on filling it). */
+
+/* Read the current arena (meta "arena") at its first use in the write
+ * transaction. */
+static int arena_load(struct lmdb_eng *e)
+{
+	MDB_val k = {5, "arena"}, v;
+	int rc;
+
+	if (e->ar_loaded)
+		return 0;
+	if (!e->has_arenas)
+		return OC_ESTOREIO;
+	e->ar_off = INLINE;
+	e->ar_pos = 0;
+	e->ar_fresh = false;
+	rc = mdb_get(e->w, e->db_meta, &k, &v);
+	if (rc == 0) {
+		const unsigned char *b = v.mv_data;
+		if (v.mv_size != 24)
+			return OC_ECORRUPT;
+		e->ar_off = _oc_get_le64(b);
+		e->ar_pos = _oc_get_le64(b + 8);
+		e->ar_fresh = _oc_get_le64(b + 16) & 1;
+		if (e->ar_off % ARENA || e->ar_pos > ARENA || e->ar_pos % PG)
+			return OC_ECORRUPT;
+	} else if (rc != MDB_NOTFOUND) {
+		return mdb_err(rc);
+	}
+	e->ar_loaded = true;
+	e->ar_dirty = false;
+	return 0;
+}
+
+static int arena_save(struct lmdb_eng *e)
+{
+	unsigned char b[24];
+	MDB_val k = {5, "arena"}, v = {sizeof b, b};
+
+	if (!e->ar_dirty)
+		return 0;
+	_oc_put_le64(b, e->ar_off);
+	_oc_put_le64(b + 8, e->ar_pos);
+	_oc_put_le64(b + 16, e->ar_fresh ? 1 : 0);
+	return mdb_err(mdb_put(e->w, e->db_meta, &k, &v, 0));
+}
+
+/* Add delta to the live bytes of the arena at off, into *live; an arena
+ * left with none is freed unless it is the current one. */
+static int arena_live(struct lmdb_eng *e, uint64_t off, int64_t delta,
+		      uint64_t *live)
+{
+	unsigned char kb[8], vb[8];
+	MDB_val k = {8, kb}, v;
+	uint64_t n = 0;
+	int rc, err;
+
+	_oc_put_be64(kb, off);
+	rc = mdb_get(e->w, e->db_arenas, &k, &v);
+	if (rc == 0 && v.mv_size != 8)
+		return OC_ECORRUPT;
+	if (rc == 0)
+		n = _oc_get_le64(v.mv_data);
+	else if (rc != MDB_NOTFOUND)
+		return mdb_err(rc);
+	if (delta < 0 && n < (uint64_t)-delta)
+		return OC_ECORRUPT; /* freeing more than it holds */
+	n += (uint64_t)delta;
+	*live = n;
+	if (n == 0 && off != e->ar_off) {
+		err = rc == 0 ? mdb_err(mdb_del(e->w, e->db_arenas, &k, NULL)) : 0;
+		return err ? err : free_put(e, off, ARENA);
+	}
+	_oc_put_le64(vb, n);
+	v.mv_size = sizeof vb;
+	v.mv_data = vb;
+	return mdb_err(mdb_put(e->w, e->db_arenas, &k, &v, 0));
+}
+
+/* Write the stage to the data file. */
+static int arena_flush(struct lmdb_eng *e)
+{
+	int err;
+
+	if (!e->stage_len)
+		return 0;
+	err = write_extent(e, e->stage, e->stage_len, e->stage_off, e->ar_fresh);
+	if (err)
+		return err;
+	e->wrote = true;
+	e->stage_len = 0;
+	return 0;
+}
+
+/* Take a new current arena, leaving (and, if nothing in it lives, freeing)
+ * the full one. */
+static int arena_take(struct lmdb_eng *e)
+{
+	uint64_t end0 = e->data_end, off, live;
+	int err = arena_flush(e);
+
+	if (!err && e->ar_off != INLINE) {
+		off = e->ar_off;
+		e->ar_off = INLINE; /* no longer current: may be freed */
+		err = arena_live(e, off, 0, &live);
+	}
+	if (!err)
+		err = alloc_extent(e, ARENA, &off);
+	if (err)
+		return err;
+	e->ar_off = off;
+	e->ar_pos = 0;
+	e->ar_fresh = off >= end0;
+	e->ar_dirty = true;
+	return 0;
+}
+
+/* Store the delta run of n pages from src as the run of block (id, blk)
+ * that starts at page start: its bytes into the stage (as one run or
+ * more, where it crosses arenas), its records into the deltas database. */
+static int delta_put(struct lmdb_eng *e, uint64_t id, uint64_t blk,
+		     uint64_t start, uint64_t n, const unsigned char *src)
+{
+	unsigned char kb[24], vb[16];
+	MDB_val k = {24, kb}, v = {16, vb};
+	uint64_t m, off, live;
+	int err = arena_load(e);
+
+	while (!err && n) {
+		if (e->ar_off == INLINE || e->ar_pos == ARENA) {
+			err = arena_take(e);
+			if (err)
+				break;
+		}
+		if (!e->stage) {
+			void *b = NULL;
+			if (posix_memalign(&b, DIRECT_ALIGN, ARENA)) {
+				err = -ENOMEM;
+				break;
+			}
+			e->stage = b;
+		}
+		m = (ARENA - e->ar_pos) / PG;
+		if (m > n)
+			m = n;
+		off = e->ar_off + e->ar_pos;
+		if (!e->stage_len)
+			e->stage_off = off;
+		OC_BUG_ON(e->stage_off + e->stage_len != off);
+		memcpy(e->stage + e->stage_len, src, m * PG);
+		e->stage_len += m * PG;
+		e->ar_pos += m * PG;
+		e->ar_dirty = true;
+		err = arena_live(e, e->ar_off, (int64_t)(m * PG), &live);
+		if (err)
+			break;
+		delta_key(kb, id, blk, start);
+		_oc_put_le64(vb, off);
+		_oc_put_le64(vb + 8, m);
+		err = mdb_err(mdb_put(e->w, e->db_deltas, &k, &v, 0));
+		start += m;
+		src += m * PG;
+		n -= m;
+	}
+	return err;
+}
+
+/* Free the delta run of len bytes at off. */
+static int delta_free(struct lmdb_eng *e, uint64_t off, uint64_t len)
+{
+	uint64_t live;
+	int err = arena_load(e);
+
+	if (!err && (off % PG || len % PG || !len ||
+		     off % ARENA + len > ARENA))
+		err = OC_ECORRUPT;
+	return err ? err : arena_live(e, off - off % ARENA, -(int64_t)len, &live);
+}
+
 /* Make room in e->old for a block of blksize, and clear what describes
  * the block there: no marks, no delta runs. */
 static int old_buffers(struct lmdb_eng *e, size_t blksize)
@@ -1702,7 +1976,7 @@ static int store_delta(struct lmdb_eng *e, uint64_t id, uint64_t blk,
 {
 	uint64_t np = blksize / PG, nu = 0, written = 0, p, s;
 	unsigned char kb[24];
-	MDB_val k = {24, kb}, v;
+	MDB_val k = {24, kb};
 	int err;
 
 	*whole = true;
@@ -1734,17 +2008,17 @@ static int store_delta(struct lmdb_eng *e, uint64_t id, uint64_t blk,
 		if (!changed)
 			continue;
 		for (size_t i = 0; i < e->nruns; i++) {
-			if (e->runs[i].start <= s || e->runs[i].start >= p)
-				continue; /* the run at s is overwritten */
-			delta_key(kb, id, blk, e->runs[i].start);
-			err = mdb_err(mdb_del(e->w, e->db_deltas, &k, NULL));
+			const struct run *o = &e->runs[i];
+			if (o->start < s || o->start >= p)
+				continue;
+			err = o->off == INLINE ? 0 : delta_free(e, o->off, o->n * PG);
+			delta_key(kb, id, blk, o->start);
+			if (!err)
+				err = mdb_err(mdb_del(e->w, e->db_deltas, &k, NULL));
 			if (err)
 				return err;
 		}
-		delta_key(kb, id, blk, s);
-		v.mv_size = (p - s) * PG;
-		v.mv_data = (void *)(buf + s * PG);
-		err = mdb_err(mdb_put(e->w, e->db_deltas, &k, &v, 0));
+		err = delta_put(e, id, blk, s, p - s, buf + s * PG);
 		if (err)
 			return err;
 		written += p - s;
@@ -1881,7 +2155,10 @@ static int eng_txn_commit(void *p)
 	int err = 0, rc;
 
 	OC_BUG_ON(!e->w);
-	if (e->wrote && fdatasync(e->datafd))
+	err = arena_flush(e);
+	if (!err)
+		err = arena_save(e);
+	if (!err && e->wrote && fdatasync(e->datafd))
 		err = -errno;
 	if (!err)
 		err = metarec_put(e, e->w, e->next_id, e->data_end);

@@ -24,6 +24,7 @@
 #define BS 65536u
 #define W (BS / 8) /* words per block */
 #define PW 512     /* words per 4 KiB page */
+#define ARENA (2u << 20) /* store_lmdb.c's arenas of delta runs */
 
 static oc_ram_t *ram;
 static oc_ram_t *volatile parent_ram; /* in a child: the parent's (kept reachable) */
@@ -720,7 +721,7 @@ static void test_deltas(const char *path, const char *copy)
 	oc_array_meta_t m = meta1(DN, NULL);
 	oc_store_stats_t s0, ss;
 	uint64_t *model = calloc(DN, BS), off4 = 0, off2 = 0;
-	off_t data0, idx0;
+	off_t idx0;
 	struct view v;
 	oc_file_t *f;
 	int fd, ok, status;
@@ -738,7 +739,6 @@ static void test_deltas(const char *path, const char *copy)
 
 	/* one page changed in each block: DN delta pages, no data growth */
 	oc_store_stats(s, &s0);
-	data0 = file_size(path, "data");
 	idx0 = file_size(path, "index.mdb");
 	for (uint64_t b = 0; b < DN; b++)
 		page_set(&v, model, b, 5, 7000 + b);
@@ -748,9 +748,12 @@ static void test_deltas(const char *path, const char *copy)
 	CHECK_EQ(ss.bytes_written - s0.bytes_written, DN * 4096, "one page of bytes per block written");
 	CHECK_EQ(ss.blocks_stored, s0.blocks_stored, "no block written whole");
 	CHECK_EQ(ss.blocks_folded, 0, "nothing folded");
-	CHECK_EQ(file_size(path, "data") - data0, 0, "data file did not grow");
-	CHECK(file_size(path, "index.mdb") - idx0 <= (off_t)(3 * DN + 32) * 4096,
-	      "index grew by about %u pages: %lld bytes", DN,
+	CHECK(ss.data_size - s0.data_size <= ARENA,
+	      "data grew by one arena at most: %llu KiB",
+	      (unsigned long long)(ss.data_size - s0.data_size) >> 10);
+	CHECK(file_size(path, "index.mdb") - idx0 <= (off_t)(DN / 2) * 4096,
+	      "index grew by less than half a page per delta page (the runs "
+	      "are in the data file): %lld bytes",
 	      (long long)(file_size(path, "index.mdb") - idx0));
 	CHECK(same(&v, model, DN), "data as written after the commit");
 	CHECK_EQ(f->ops->mapblk(f, 4, &fd, &off4) , OC_NOMAP, "a block with deltas is not mapped");
@@ -875,6 +878,324 @@ out:
 	free(model);
 }
 
+
+/* ---- where delta runs live (format 4) -------------------------------------- */
+
+static uint64_t le64(const void *p)
+{
+	const unsigned char *b = p;
+	uint64_t x = 0;
+	for (int i = 7; i >= 0; i--)
+		x = x << 8 | b[i];
+	return x;
+}
+
+static uint64_t be64(const void *p)
+{
+	const unsigned char *b = p;
+	uint64_t x = 0;
+	for (int i = 0; i < 8; i++)
+		x = x << 8 | b[i];
+	return x;
+}
+
+/* The index of the store at path opened with LMDB directly, and a
+ * transaction on it (read-only if rdonly).  NULL on error. */
+static MDB_env *idx_open(const char *path, int rdonly, MDB_txn **t)
+{
+	char p[700];
+	MDB_env *env;
+	snprintf(p, sizeof p, "%s/index.mdb", path);
+	if (mdb_env_create(&env))
+		return NULL;
+	mdb_env_set_maxdbs(env, 10);
+	mdb_env_set_mapsize(env, (size_t)256 << 20);
+	if (mdb_env_open(env, p, MDB_NOSUBDIR | (rdonly ? MDB_RDONLY : 0), 0644) ||
+	    mdb_txn_begin(env, NULL, rdonly ? MDB_RDONLY : 0, t)) {
+		mdb_env_close(env);
+		return NULL;
+	}
+	return env;
+}
+
+/* What the index says of delta runs: pages of runs in the data file and
+ * in records (version 3), live bytes the arenas database counts, arenas,
+ * the format version, and where block blk's first run in the data file
+ * is (0: none). */
+struct dsum {
+	uint64_t ext_pages, inline_pages, live, arenas, version, blk_off;
+};
+
+static int delta_sum(const char *path, uint64_t blk, struct dsum *d)
+{
+	MDB_txn *t = NULL;
+	MDB_env *env = idx_open(path, 1, &t);
+	MDB_dbi dd, da, dm;
+	MDB_cursor *c;
+	MDB_val k, v;
+	int rc;
+
+	memset(d, 0, sizeof *d);
+	if (!env)
+		return -1;
+	rc = mdb_dbi_open(t, "deltas", 0, &dd);
+	rc = rc ? rc : mdb_cursor_open(t, dd, &c);
+	while (!rc && !mdb_cursor_get(c, &k, &v, MDB_NEXT)) {
+		if (v.mv_size != 16) {
+			d->inline_pages += v.mv_size / 4096;
+			continue;
+		}
+		d->ext_pages += le64((char *)v.mv_data + 8);
+		if (!d->blk_off && be64((char *)k.mv_data + 8) == blk)
+			d->blk_off = le64(v.mv_data);
+	}
+	if (!rc)
+		mdb_cursor_close(c);
+	if (!rc && mdb_dbi_open(t, "arenas", 0, &da) == 0 &&
+	    mdb_cursor_open(t, da, &c) == 0) {
+		while (!mdb_cursor_get(c, &k, &v, MDB_NEXT)) {
+			d->live += le64(v.mv_data);
+			d->arenas++;
+		}
+		mdb_cursor_close(c);
+	}
+	k.mv_size = 6;
+	k.mv_data = "format";
+	rc = rc ? rc : mdb_dbi_open(t, "meta", 0, &dm);
+	rc = rc ? rc : mdb_get(t, dm, &k, &v);
+	if (!rc)
+		d->version = le64((char *)v.mv_data + 16) & 0xffffffffu;
+	mdb_txn_abort(t);
+	mdb_env_close(env);
+	return rc ? -1 : 0;
+}
+
+/* Turn the store at path into what version 3 wrote: delta runs in their
+ * records, no arenas.  0 or -1. */
+static int to_version3(const char *path)
+{
+	char p[700];
+	MDB_txn *t = NULL;
+	MDB_env *env = idx_open(path, 0, &t);
+	MDB_dbi dd, da, dm;
+	MDB_cursor *c;
+	MDB_val k, v, f = {6, "format"}, a = {5, "arena"};
+	unsigned char *buf = malloc(ARENA), fm[64];
+	struct {
+		unsigned char k[24], v[16];
+	} rec[256];
+	size_t nrec = 0;
+	int fd, rc;
+
+	snprintf(p, sizeof p, "%s/data", path);
+	fd = open(p, O_RDONLY);
+	if (!env || !buf || fd < 0) {
+		rc = -1;
+		goto out;
+	}
+	/* the records first, then each rewritten (no cursor under puts) */
+	rc = mdb_dbi_open(t, "deltas", 0, &dd);
+	rc = rc ? rc : mdb_cursor_open(t, dd, &c);
+	while (!rc && nrec < 256 && !mdb_cursor_get(c, &k, &v, MDB_NEXT))
+		if (v.mv_size == 16 && k.mv_size == 24) {
+			memcpy(rec[nrec].k, k.mv_data, 24);
+			memcpy(rec[nrec++].v, v.mv_data, 16);
+		}
+	if (!rc)
+		mdb_cursor_close(c);
+	for (size_t i = 0; !rc && i < nrec; i++) {
+		uint64_t n = le64(rec[i].v + 8) * 4096;
+		if (n > ARENA || pread(fd, buf, n, (off_t)le64(rec[i].v)) != (ssize_t)n) {
+			rc = -1;
+			break;
+		}
+		k.mv_size = 24;
+		k.mv_data = rec[i].k;
+		v.mv_size = n;
+		v.mv_data = buf;
+		rc = mdb_put(t, dd, &k, &v, 0);
+	}
+	rc = rc ? rc : mdb_dbi_open(t, "arenas", 0, &da);
+	rc = rc ? rc : mdb_drop(t, da, 1);
+	rc = rc ? rc : mdb_dbi_open(t, "meta", 0, &dm);
+	if (!rc && mdb_del(t, dm, &a, NULL) == MDB_NOTFOUND)
+		rc = -1;
+	rc = rc ? rc : mdb_get(t, dm, &f, &v);
+	if (!rc && v.mv_size <= sizeof fm) {
+		memcpy(fm, v.mv_data, v.mv_size);
+		fm[16] = 3;
+		v.mv_data = fm;
+		rc = mdb_put(t, dm, &f, &v, 0);
+	}
+	rc = rc ? rc : mdb_txn_commit(t);
+	t = NULL;
+out:
+	if (t)
+		mdb_txn_abort(t);
+	if (env)
+		mdb_env_close(env);
+	if (fd >= 0)
+		close(fd);
+	free(buf);
+	return rc ? -1 : 0;
+}
+
+/* Delta runs live in the data file, in arenas whose space comes back when
+ * nothing in them lives and no snapshot can read them; runs of version 3
+ * (in the records) are still read and replaced. */
+static void test_delta_space(const char *path, const char *copy)
+{
+	oc_store_t *s = sopen(path, OC_STORE_CREATE);
+	oc_array_meta_t m = meta1(DN, NULL);
+	oc_store_stats_t s0, ss;
+	uint64_t *model = calloc(DN, BS), r, b, grew;
+	struct view v;
+	struct dsum d;
+	int ok, status, p1[2] = {-1, -1}, p2[2] = {-1, -1};
+	char to[700], x;
+	pid_t pid;
+
+	CHECK(s && model, "delta space: create a store");
+	if (!s || !model || oc_store_create(s, "e", &m) || view_open(s, "e", DN, &v))
+		goto out;
+	for (b = 0; b < DN; b++)
+		for (uint64_t pg = 0; pg < BS / 4096; pg++)
+			page_set(&v, model, b, pg, b * 100 + pg + 1);
+	CHECK_EQ(oc_store_commit(s), 0, "delta space: commit whole blocks");
+
+	/* 96 rounds of one page per block: 48 arenas' worth of runs (each
+	 * round replaces the last), in at most 3 arenas of space */
+	oc_store_stats(s, &s0);
+	ok = 1;
+	for (r = 0; r < 96; r++) {
+		for (b = 0; b < DN; b++)
+			page_set(&v, model, b, 1, 5000 + r * 100 + b);
+		ok &= oc_store_commit(s) == 0;
+	}
+	oc_store_stats(s, &ss);
+	grew = ss.data_size - s0.data_size;
+	CHECK(ok && ss.blocks_stored == s0.blocks_stored &&
+	      ss.delta_pages_written - s0.delta_pages_written == 96 * DN,
+	      "96 rounds of delta commits, nothing written whole");
+	CHECK(grew <= 3 * ARENA, "the data grew by %llu KiB for %u KiB of runs: "
+	      "arenas are reused", (unsigned long long)grew >> 10,
+	      96 * DN * 4);
+	CHECK(same(&v, model, DN), "delta space: data after the rounds");
+	/* (LMDB must not have the index open twice in a process: closed) */
+	view_close(&v);
+	oc_store_close(s);
+	ok = delta_sum(path, 4, &d) == 0;
+	CHECK(ok && d.ext_pages == DN && d.inline_pages == 0 &&
+	      d.live == DN * 4096 && d.blk_off != 0 && d.version == 4,
+	      "runs in the data file, the arenas count them: %llu pages, %llu "
+	      "live bytes in %llu arenas, version %llu",
+	      (unsigned long long)d.ext_pages, (unsigned long long)d.live,
+	      (unsigned long long)d.arenas, (unsigned long long)d.version);
+	s = sopen(path, 0);
+	if (!s || view_open(s, "e", DN, &v))
+		goto out;
+
+	/* A snapshot that began before the rounds still reads its runs: their
+	 * arenas are not reused under it. */
+	if (pipe(p1) || pipe(p2)) {
+		CHECK(0, "pipes");
+		goto out;
+	}
+	pid = fork();
+	if (pid == 0) {
+		oc_store_t *c = child_open(path);
+		struct view cv;
+		close(p1[0]);
+		close(p2[1]);
+		if (!c || write(p1[1], "o", 1) != 1 || read(p2[0], &x, 1) != 1 ||
+		    view_open(c, "e", DN, &cv))
+			_exit(1);
+		ok = same(&cv, model, DN); /* the model as it was at fork */
+		view_close(&cv);
+		oc_store_close(c);
+		_exit(ok ? 0 : 2);
+	}
+	close(p1[1]);
+	close(p2[0]);
+	ok = pid > 0 && read(p1[0], &x, 1) == 1;
+	for (r = 0; ok && r < 48; r++) {
+		for (b = 0; b < DN; b++)
+			page_set(&v, model, b, 1, 90000 + r * 100 + b);
+		ok &= oc_store_commit(s) == 0;
+	}
+	ok &= write(p2[1], "g", 1) == 1;
+	CHECK(ok && waitpid(pid, &status, 0) == pid && WIFEXITED(status) &&
+	      WEXITSTATUS(status) == 0,
+	      "a reader's old snapshot reads its delta runs after 48 more rounds");
+	close(p1[0]);
+	close(p2[1]);
+
+	/* a corrupt delta run is caught by the block's checksums */
+	view_close(&v);
+	oc_store_close(s);
+	s = NULL;
+	ok = delta_sum(path, 4, &d) == 0;
+	CHECK(ok && d.blk_off, "where block 4's run is");
+	copy_store(path, copy, to, sizeof to);
+	{
+		int fd = open(to, O_RDWR);
+		unsigned char c = 0;
+		oc_store_t *cs;
+		oc_fileh_t *fh;
+		CHECK(fd >= 0 && pread(fd, &c, 1, (off_t)d.blk_off + 100) == 1,
+		      "read a byte of block 4's delta run");
+		c ^= 0xa5;
+		CHECK(fd >= 0 && pwrite(fd, &c, 1, (off_t)d.blk_off + 100) == 1,
+		      "flip it");
+		if (fd >= 0)
+			close(fd);
+		cs = sopen(copy, 0);
+		if (cs && !oc_store_array_fileh(cs, "e", &fh)) {
+			CHECK_EQ(oc_fileh_load(fh, 4, 1), OC_ECORRUPT,
+				 "corrupt delta run: OC_ECORRUPT");
+			CHECK_EQ(oc_fileh_load(fh, 5, 1), 0, "other blocks load");
+		}
+		oc_store_close(cs);
+	}
+
+	/* a store of version 3 (runs in the records) reads and is written */
+	copy_store(path, copy, to, sizeof to);
+	CHECK_EQ(to_version3(copy), 0, "made a version 3 store");
+	ok = delta_sum(copy, 4, &d) == 0;
+	CHECK(ok && d.inline_pages == DN && d.ext_pages == 0 && d.version == 3,
+	      "its runs are in the records");
+	s = sopen(copy, 0);
+	if (!s || view_open(s, "e", DN, &v))
+		goto out;
+	CHECK(same(&v, model, DN), "version 3: data read");
+	for (b = 0; b < DN; b++)
+		page_set(&v, model, b, 2, 70000 + b); /* next to the old run */
+	CHECK_EQ(oc_store_commit(s), 0, "version 3: a delta commit");
+	CHECK(reopen(copy, &s, &v, "e", DN) == 0 && same(&v, model, DN),
+	      "version 3: data after the commit and a reopen");
+	view_close(&v);
+	oc_store_close(s);
+	s = NULL;
+	ok = delta_sum(copy, 4, &d) == 0;
+	CHECK(ok && d.inline_pages == 0 && d.ext_pages == 2 * DN &&
+	      d.live == 2 * DN * 4096 && d.version == 4,
+	      "old runs replaced by runs in the data file, version 4");
+
+	/* deleting the array frees its arenas */
+	s = sopen(copy, 0);
+	CHECK(s && oc_store_delete(s, "e") == 0 && oc_store_commit(s) == 0,
+	      "delete the array");
+	oc_store_close(s);
+	s = NULL;
+	ok = delta_sum(copy, 4, &d) == 0;
+	CHECK(ok && d.ext_pages == 0 && d.live == 0 && d.arenas <= 1,
+	      "no runs, no arenas left but the current one (%llu)",
+	      (unsigned long long)d.arenas);
+out:
+	if (s)
+		oc_store_close(s);
+	free(model);
+}
 
 /* ---- partial copy-on-write through the store ---------------------------------- */
 
@@ -1235,6 +1556,9 @@ int main(void)
 	path_of(p, sizeof p, "deltas");
 	path_of(c, sizeof c, "deltascopy");
 	test_deltas(p, c);
+	path_of(p, sizeof p, "dspace");
+	path_of(c, sizeof c, "dspacecopy");
+	test_delta_space(p, c);
 	path_of(p, sizeof p, "partial");
 	test_partial(p);
 	path_of(p, sizeof p, "crash");

@@ -44,12 +44,12 @@
  *
  * Engines.  The store format and engine are chosen by oc_store_open(); the
  * default (and today only) engine keeps a store in a directory: index.mdb
- * (an LMDB database: arrays, block index, free space, change log, page
- * deltas, format version) and data (block extents, page-aligned, mapped
- * with no copy).  A block of which few 4 KiB pages changed is stored as
- * those pages (deltas, in index.mdb) over its old extent; such a block is
- * served by copying (loadblk) until enough changes accumulate and it is
- * written whole again to a fresh extent ("folded").
+ * (an LMDB database: arrays, block index, free space, change log, where
+ * page deltas are, format version) and data (block extents, page-aligned,
+ * mapped with no copy, and the page deltas).  A block of which few 4 KiB
+ * pages changed is stored as those pages (deltas) over its old extent; such
+ * a block is served by copying (loadblk) until enough changes accumulate
+ * and it is written whole again to a fresh extent ("folded").
  *
  * Processes and threads.  A process opens a given store at most once at a
  * time (a second open gives -EBUSY).  A child made by fork() must not use
@@ -195,8 +195,8 @@ typedef struct oc_store_stats {
 	uint64_t conflicts;     /* commits that failed with OC_ECONFLICT */
 	uint64_t blocks_stored; /* block versions written whole to the data file */
 	uint64_t blocks_zeroed; /* all-zero blocks deleted instead of stored */
-	uint64_t bytes_written; /* data bytes written: whole blocks to the data
-				 * file plus delta pages to the index */
+	uint64_t bytes_written; /* data bytes written: whole blocks and delta
+				 * pages, to the data file */
 	uint64_t loads;         /* blocks copied by loadblk */
 	uint64_t maps;          /* blocks handed out for mapping */
 	uint64_t holes;         /* blocks served as zeros (never stored) */
