@@ -32,7 +32,10 @@
  * mapping of a recycled slot, filling by pwrite (directly or from a bounce
  * buffer), and fresh (just hole-punched) slots, which on these VMs cost a
  * new allocation from the host: with a budget >= the data every load goes
- * to a fresh page, so that row is the like-for-like bare work there.
+ * to a fresh page, so that row (the same bounce + pwrite outcore does, on
+ * fresh pages; through the window on hugetlb) is the bare work the
+ * budget >= data target compares with, and REF the one of the recycling
+ * budget (where loads go to resident pages).
  * Outcore contenders drop their pages just before each timed run (as the
  * fresh references punch theirs), so every block is loaded once per run.
  *
@@ -1273,14 +1276,24 @@ static void read_targets(const char *what, const struct rd_out *o, bool is_targe
 			target_na("%s overhead: a contender failed", what);
 		return;
 	}
+	/* With a budget >= the data every load goes to a fresh page: the bare
+	 * work to compare with is the same work on fresh pages (ref_fresh);
+	 * REF, on a resident page, is what the recycling row compares with. */
 	ov = (o->oc_big - o->ref) / o->ref;
-	if (is_target)
+	if (is_target && o->ref_fresh > 0)
+		target((o->oc_big - o->ref_fresh) / o->ref_fresh <= 0.20 && o->ok,
+		       "%s budget >= data: outcore %.1f us/block vs the bare work on fresh pages %.1f us/block: overhead %+.1f%% (target <= 20%%)%s",
+		       what, o->oc_big, o->ref_fresh,
+		       100 * (o->oc_big - o->ref_fresh) / o->ref_fresh,
+		       o->ok ? "" : " [WRONG DATA]");
+	else if (is_target)
 		target(ov <= 0.20 && o->ok,
 		       "%s budget >= data: outcore %.1f us/block vs bare %.1f us/block: overhead %+.1f%% (target <= 20%%)%s", what,
 		       o->oc_big, o->ref, 100 * ov, o->ok ? "" : " [WRONG DATA]");
-	else
-		printf("INFO %s outcore %.1f us/block vs bare %.1f us/block: overhead %+.1f%% (the 20%% target is set for 2 MiB pages)\n",
-		       what, o->oc_big, o->ref, 100 * ov);
+	if (!is_target || o->ref_fresh > 0)
+		printf("INFO %s budget >= data: outcore %.1f us/block vs REF (a resident page) %.1f us/block: %+.1f%%%s\n",
+		       what, o->oc_big, o->ref, 100 * ov,
+		       is_target ? "" : " (the 20% target is set for 2 MiB pages)");
 	if (o->oc_small > 0 && is_target)
 		target((o->oc_small - o->ref) / o->ref <= 0.20 && o->ok,
 		       "%s recycling budget: outcore %.1f us/block vs bare %.1f us/block: overhead %+.1f%% (target <= 20%%)",
@@ -1289,7 +1302,7 @@ static void read_targets(const char *what, const struct rd_out *o, bool is_targe
 		printf("INFO %s recycling budget: outcore %.1f us/block: overhead %+.1f%% vs REF, %+.1f%% vs the bare work with eviction (%.1f us)\n",
 		       what, o->oc_small, 100 * (o->oc_small - o->ref) / o->ref,
 		       o->ref_evict > 0 ? 100 * (o->oc_small - o->ref_evict) / o->ref_evict : 0, o->ref_evict);
-	if (o->ref_fresh > 0)
+	if (o->ref_fresh > 0 && !is_target)
 		printf("INFO %s budget >= data loads into fresh (punched) pages: overhead vs the same bare work on fresh pages (%.1f us): %+.1f%%\n",
 		       what, o->ref_fresh, 100 * (o->oc_big - o->ref_fresh) / o->ref_fresh);
 	if (o->segv > 0)
