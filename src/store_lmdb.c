@@ -138,6 +138,8 @@ struct lmdb_eng {
 				 * of a store of version 3 or less) */
 	int datafd;
 	int directfd;   /* the data file opened O_DIRECT (-1: none) */
+	int runfd;      /* the data file for reading delta runs: no read
+			 * ahead (see delta_read); datafd if it cannot be had */
 	int flags;
 
 	pthread_mutex_t mu;     /* guards snap, snap_id and verified */
@@ -292,6 +294,8 @@ static void eng_close(void *p)
 		close(e->datafd);
 	if (e->directfd >= 0)
 		close(e->directfd);
+	if (e->runfd >= 0 && e->runfd != e->datafd)
+		close(e->runfd);
 	oc_pagemap_clear(&e->verified);
 	pthread_mutex_destroy(&e->mu);
 	pthread_cond_destroy(&e->vcond);
@@ -354,6 +358,7 @@ static int eng_open(void **out, const char *path, int flags)
 		return -ENOMEM;
 	e->datafd = -1;
 	e->directfd = -1;
+	e->runfd = -1;
 	pthread_mutex_init(&e->mu, NULL);
 	pthread_cond_init(&e->vcond, NULL);
 	e->vbusy_off = UINT64_MAX;
@@ -401,6 +406,13 @@ static int eng_open(void **out, const char *path, int flags)
 	}
 	if (!rdonly) /* not every filesystem can: then -1 */
 		e->directfd = open(data, O_CLOEXEC | O_RDWR | O_DIRECT);
+	e->runfd = open(data, O_CLOEXEC | O_RDONLY);
+	if (e->runfd < 0 ||
+	    posix_fadvise(e->runfd, 0, 0, POSIX_FADV_RANDOM) != 0) {
+		if (e->runfd >= 0)
+			close(e->runfd);
+		e->runfd = e->datafd;
+	}
 	rc = mdb_txn_begin(e->env, NULL, rdonly ? MDB_RDONLY : 0, &txn);
 	if (rc) {
 		err = mdb_err(rc);
@@ -660,7 +672,13 @@ static void delta_key(unsigned char *kb, uint64_t id, uint64_t blk,
 /* Read the delta run of len bytes at off in the data file into dst.  In
  * the write transaction (staged), a run not written yet comes from the
  * stage (see "Page deltas").  0, OC_ECORRUPT (past the end of the data
- * file) or -errno. */
+ * file) or -errno.
+ * Through runfd, which does not read ahead: the page cache then holds the
+ * pages of runs and not the free part of their arena, into which the next
+ * runs are written with O_DIRECT; a cached page there would have to be
+ * invalidated by that write (the kernel does, but cannot for a page that
+ * a reader is copying at that instant, and it would then keep stale
+ * data). */
 static int delta_read(struct lmdb_eng *e, bool staged, void *dst, size_t len,
 		      uint64_t off)
 {
@@ -671,7 +689,7 @@ static int delta_read(struct lmdb_eng *e, bool staged, void *dst, size_t len,
 		memcpy(dst, e->stage + (off - e->stage_off), len);
 		return 0;
 	}
-	err = _oc_os_pread_all(e->datafd, dst, len, off);
+	err = _oc_os_pread_all(e->runfd, dst, len, off);
 	return err == -EIO ? OC_ECORRUPT : err;
 }
 
@@ -1570,6 +1588,7 @@ static int write_extent(struct lmdb_eng *e, const void *buf, size_t len,
 			return err;
 		close(e->directfd); /* refused after all: stop trying */
 		e->directfd = -1;
+	e->runfd = -1;
 	}
 	err = _oc_os_pwrite_all(e->datafd, buf, len, off);
 	if (!err)
