@@ -12,7 +12,7 @@
  *     blocks   (array id, blk) (BE) -> extent offset, version (txnid),
  *              number of delta pages, checksums (see "Checksums")
  *     meta     "arena" -> the arena delta runs are written to, its fill
- *              position (see "Page deltas")
+ *              position, flags (none yet) (see "Page deltas")
  *     deltas   (array id, blk, first page) (BE) -> where in the data file
  *              a run of 4 KiB pages that replace those of the extent is
  *              (version 3: the pages themselves)
@@ -128,6 +128,28 @@ struct run {
 	uint64_t off;      /* where in the data file, or INLINE */
 };
 
+struct runlist {
+	struct run *v;
+	size_t n, cap;
+};
+
+static int runlist_add(struct runlist *l, uint64_t start, uint64_t n,
+		       uint64_t off)
+{
+	if (l->n == l->cap) {
+		size_t cap = l->cap * 2 + 16;
+		struct run *v = realloc(l->v, cap * sizeof *v);
+		if (!v)
+			return -ENOMEM;
+		l->v = v;
+		l->cap = cap;
+	}
+	l->v[l->n].start = start;
+	l->v[l->n].n = n;
+	l->v[l->n++].off = off;
+	return 0;
+}
+
 struct lmdb_eng {
 	MDB_env *env;
 	MDB_dbi db_meta, db_arrays, db_ids, db_blocks, db_free, db_log, db_deltas,
@@ -162,12 +184,11 @@ struct lmdb_eng {
 	size_t old_size;        /* bytes of old (marks: old_size / PG) */
 	uint64_t zero_gh;       /* checksum of a granule of zero_gs zeros */
 	size_t zero_gs;
-	struct run *runs;       /* txn_block: the stored delta runs */
-	size_t nruns, runs_cap;
+	struct runlist runs;    /* txn_block: the stored delta runs */
 	/* the arena delta runs go to (meta "arena"), read at first use */
 	bool ar_loaded, ar_dirty;
-	bool ar_fresh;          /* it was past the data end when taken: its
-				 * free part may be written with O_DIRECT */
+	bool ar_fresh;          /* taken in this transaction from past the data
+				 * end: written with O_DIRECT (write_extent) */
 	uint64_t ar_off, ar_pos; /* ar_off INLINE: none */
 	/* delta runs written since the last flush: [stage_off, +stage_len) */
 	unsigned char *stage;   /* ARENA bytes, O_DIRECT-aligned */
@@ -302,7 +323,7 @@ static void eng_close(void *p)
 	free(e->changed);
 	free(e->old);
 	free(e->marks);
-	free(e->runs);
+	free(e->runs.v);
 	free(e->stage);
 	free(e);
 }
@@ -697,14 +718,16 @@ static int delta_free(struct lmdb_eng *e, uint64_t off, uint64_t len);
 
 /* Lay the delta runs of block (id, blk) in txn over buf (unless NULL),
  * count their pages into *count and set in *gmask (unless NULL) the bits
- * of the granules (granules_of) they touch.  With collect, also list the
- * runs in e->runs and set MARK_OLD in e->marks for their pages (the
- * caller zeroes the marks): only in the write transaction.  Returns 0,
- * OC_ECORRUPT (a run that does not fit the block or the data file),
- * -ENOMEM, -errno or an LMDB error. */
+ * of the granules (granules_of) they touch.  With later, the runs in the
+ * data file are not read but listed there, for the caller to read without
+ * holding mu (lay_deltas).  With collect, also list the runs in e->runs
+ * and set MARK_OLD in e->marks for their pages (the caller zeroes the
+ * marks): only in the write transaction.  Returns 0, OC_ECORRUPT (a run
+ * that does not fit the block, its arena or the data file), -ENOMEM,
+ * -errno or an LMDB error. */
 static int deltas_apply(struct lmdb_eng *e, MDB_txn *txn, uint64_t id,
 			uint64_t blk, size_t blksize, void *buf, bool collect,
-			uint64_t *count, uint32_t *gmask)
+			uint64_t *count, uint32_t *gmask, struct runlist *later)
 {
 	MDB_cursor *c;
 	unsigned char kb[24];
@@ -716,7 +739,7 @@ static int deltas_apply(struct lmdb_eng *e, MDB_txn *txn, uint64_t id,
 		return OC_ESTOREIO; /* a version 2 record seen by a read-only
 				     * open of what was a version 1 store */
 	if (collect)
-		e->nruns = 0;
+		e->runs.n = 0;
 	rc = mdb_cursor_open(txn, e->db_deltas, &c);
 	if (rc)
 		return mdb_err(rc);
@@ -740,13 +763,15 @@ static int deltas_apply(struct lmdb_eng *e, MDB_txn *txn, uint64_t id,
 			len = 0;
 		}
 		if (!len || start >= np || len > np - start ||
-		    (off != INLINE && off % PG)) {
+		    (off != INLINE && (off % PG || off % ARENA + len * PG > ARENA))) {
 			err = OC_ECORRUPT;
 			break;
 		}
 		if (buf && off == INLINE)
 			memcpy((unsigned char *)buf + start * PG, v.mv_data,
 			       v.mv_size);
+		else if (buf && later)
+			err = runlist_add(later, start, len, off);
 		else if (buf)
 			err = delta_read(e, collect,
 					 (unsigned char *)buf + start * PG,
@@ -758,19 +783,9 @@ static int deltas_apply(struct lmdb_eng *e, MDB_txn *txn, uint64_t id,
 		n += len;
 		if (!collect)
 			continue;
-		if (e->nruns == e->runs_cap) {
-			size_t cap = e->runs_cap * 2 + 16;
-			struct run *r = realloc(e->runs, cap * sizeof *r);
-			if (!r) {
-				err = -ENOMEM;
-				break;
-			}
-			e->runs = r;
-			e->runs_cap = cap;
-		}
-		e->runs[e->nruns].start = start;
-		e->runs[e->nruns].off = off;
-		e->runs[e->nruns++].n = len;
+		err = runlist_add(&e->runs, start, len, off);
+		if (err)
+			break;
 		memset(e->marks + start, MARK_OLD, len);
 	}
 	if (!err && rc && rc != MDB_NOTFOUND)
@@ -929,7 +944,9 @@ static int lay_deltas(struct lmdb_eng *e, uint64_t id, uint64_t blk,
 		      size_t blksize, void *buf, uint64_t sid,
 		      const struct blkrec *r)
 {
+	struct runlist later = {NULL, 0, 0};
 	uint64_t n;
+	bool moved;
 	int err;
 
 	pthread_mutex_lock(&e->mu);
@@ -937,8 +954,25 @@ static int lay_deltas(struct lmdb_eng *e, uint64_t id, uint64_t blk,
 		pthread_mutex_unlock(&e->mu);
 		return 1;
 	}
-	err = deltas_apply(e, e->snap, id, blk, blksize, buf, false, &n, NULL);
+	err = deltas_apply(e, e->snap, id, blk, blksize, buf, false, &n, NULL,
+			   &later);
 	pthread_mutex_unlock(&e->mu);
+	/* The runs in the data file are read without mu (a disk read must
+	 * not hold up every other reader); they are snapshot sid's only if
+	 * it is still the snapshot when they have been read (the space of
+	 * an older one may be reused). */
+	for (size_t i = 0; !err && i < later.n; i++)
+		err = delta_read(e, false,
+				 (unsigned char *)buf + later.v[i].start * PG,
+				 later.v[i].n * PG, later.v[i].off);
+	free(later.v);
+	if (later.n && (!err || err == OC_ECORRUPT)) {
+		pthread_mutex_lock(&e->mu);
+		moved = e->snap_id != sid;
+		pthread_mutex_unlock(&e->mu);
+		if (moved)
+			return 1;
+	}
 	return !err && n != r->ndelta ? OC_ECORRUPT : err;
 }
 
@@ -980,18 +1014,20 @@ struct vjob {
  * unmaps once per VWIN / blksize blocks: each unmapping interrupts the
  * reader's core (a TLB shootdown), which measured ~15% of the thread's
  * time with a mapping per block.  The pages it shows count in the RSS while
- * mapped: VWIN is kept small for that. */
+ * mapped: VWIN is kept small for that (a block larger than VWIN gets a
+ * mapping of its size). */
 #define VWIN ((size_t)8 << 20)
 
 struct vwin {
 	const unsigned char *p;
+	size_t size;       /* mapped: VWIN, or a block larger than that */
 	uint64_t off, len; /* of the data file, and how much of it exists */
 };
 
 static void win_drop(struct vwin *w)
 {
 	if (w->p)
-		_oc_os_release((void *)w->p, VWIN);
+		_oc_os_release((void *)w->p, w->size);
 	w->p = NULL;
 }
 
@@ -1000,24 +1036,25 @@ static void win_drop(struct vwin *w)
 static const unsigned char *win_get(struct lmdb_eng *e, struct vwin *w,
 				    uint64_t off, size_t len)
 {
+	size_t size = len > VWIN ? len : VWIN;
 	struct stat sb;
 	void *p;
 
-	if (len > VWIN)
-		return NULL;
 	if (w->p && off >= w->off && off + len <= w->off + w->len)
 		return w->p + (off - w->off);
 	win_drop(w);
 	if (fstat(e->datafd, &sb) || (uint64_t)sb.st_size < off + len)
 		return NULL;
-	p = mmap(NULL, VWIN, PROT_READ, MAP_SHARED, e->datafd, (off_t)off);
+	/* (only what exists of the file is ever touched: [off, off+len)) */
+	p = mmap(NULL, size, PROT_READ, MAP_SHARED, e->datafd, (off_t)off);
 	if (p == MAP_FAILED)
 		return NULL;
-	_oc_os_advise_huge(p, VWIN);
-	(void)madvise(p, VWIN, MADV_DONTFORK);
+	_oc_os_advise_huge(p, size);
+	(void)madvise(p, size, MADV_DONTFORK);
 	w->p = p;
+	w->size = size;
 	w->off = off;
-	w->len = (uint64_t)sb.st_size - off < VWIN ? (uint64_t)sb.st_size - off : VWIN;
+	w->len = (uint64_t)sb.st_size - off < size ? (uint64_t)sb.st_size - off : size;
 	return w->p;
 }
 
@@ -1095,7 +1132,7 @@ static void fetch_extent(struct lmdb_eng *e, const struct blkrec *r,
 static void *verifier(void *arg)
 {
 	struct lmdb_eng *e = arg;
-	struct vwin w = {NULL, 0, 0};
+	struct vwin w = {NULL, 0, 0, 0};
 	struct vjob j;
 
 	pthread_mutex_lock(&e->mu);
@@ -1288,7 +1325,7 @@ again:
 	/* (the deltas are walked only for a record that can be patched) */
 	if (!err && r.ndelta && r.ngran == n && granule == gs)
 		err = deltas_apply(e, e->snap, id, blk, blksize, NULL, false,
-				   &cnt, &mask);
+				   &cnt, &mask, NULL);
 	pthread_mutex_unlock(&e->mu);
 	if (err == 1) {
 		CNT(e, n_holes);
@@ -1368,7 +1405,7 @@ static void eng_txn_abort(void *p)
 	if (e->w)
 		mdb_txn_abort(e->w);
 	e->w = NULL;
-	e->ar_loaded = false;
+	e->ar_loaded = e->ar_dirty = false; /* read again by the next one */
 	e->stage_len = 0; /* runs of no record */
 	free(e->changed);
 	e->changed = NULL;
@@ -1401,6 +1438,8 @@ static int eng_txn_begin(void *p)
 	if (e->min_reader > e->snap_id)
 		e->min_reader = e->snap_id; /* ours, even under MDB_NOLOCK */
 	err = metarec_get(e, e->w, &version, &e->next_id, &e->data_end);
+	if (!err && version > FORMAT_VERSION)
+		err = OC_EVERSION; /* upgraded by a newer library meanwhile */
 	if (err)
 		goto fail;
 	e->alloc_pos = 0;
@@ -1637,7 +1676,6 @@ static int write_extent(struct lmdb_eng *e, const void *buf, size_t len,
 			return err;
 		close(e->directfd); /* refused after all: stop trying */
 		e->directfd = -1;
-	e->runfd = -1;
 	}
 	err = _oc_os_pwrite_all(e->datafd, buf, len, off);
 	if (!err)
@@ -1731,7 +1769,6 @@ static int arena_load(struct lmdb_eng *e)
 			return OC_ECORRUPT;
 		e->ar_off = _oc_get_le64(b);
 		e->ar_pos = _oc_get_le64(b + 8);
-		e->ar_fresh = _oc_get_le64(b + 16) & 1;
 		if (e->ar_off % ARENA || e->ar_pos > ARENA || e->ar_pos % PG)
 			return OC_ECORRUPT;
 	} else if (rc != MDB_NOTFOUND) {
@@ -1747,11 +1784,11 @@ static int arena_save(struct lmdb_eng *e)
 	unsigned char b[24];
 	MDB_val k = {5, "arena"}, v = {sizeof b, b};
 
-	if (!e->ar_dirty)
+	if (!e->ar_loaded || !e->ar_dirty)
 		return 0;
 	_oc_put_le64(b, e->ar_off);
 	_oc_put_le64(b + 8, e->ar_pos);
-	_oc_put_le64(b + 16, e->ar_fresh ? 1 : 0);
+	_oc_put_le64(b + 16, 0); /* flags: none yet */
 	return mdb_err(mdb_put(e->w, e->db_meta, &k, &v, 0));
 }
 
@@ -1910,7 +1947,7 @@ static int old_buffers(struct lmdb_eng *e, size_t blksize)
 		e->old_size = blksize;
 	}
 	memset(e->marks, 0, np);
-	e->nruns = 0; /* they were another block's */
+	e->runs.n = 0; /* they were another block's */
 	return 0;
 }
 
@@ -1930,7 +1967,7 @@ static int read_old(struct lmdb_eng *e, uint64_t id, uint64_t blk,
 		return err == -EIO ? OC_ECORRUPT : err;
 	if (old->ndelta) {
 		err = deltas_apply(e, e->w, id, blk, blksize, e->old, true, &nold,
-				   NULL);
+				   NULL, NULL);
 		if (!err && nold != old->ndelta)
 			err = OC_ECORRUPT;
 	}
@@ -2075,8 +2112,8 @@ static int store_delta(struct lmdb_eng *e, uint64_t id, uint64_t blk,
 			changed |= e->marks[p] & MARK_NEW;
 		if (!changed)
 			continue;
-		for (size_t i = 0; i < e->nruns; i++) {
-			const struct run *o = &e->runs[i];
+		for (size_t i = 0; i < e->runs.n; i++) {
+			const struct run *o = &e->runs.v[i];
 			if (o->start < s || o->start >= p)
 				continue;
 			err = o->off == INLINE ? 0 : delta_free(e, o->off, o->n * PG);

@@ -175,6 +175,9 @@ OC_API int oc_store_array_fileh(oc_store_t *st, const char *name,
  *   OC_EREADONLY  the store is read-only and there are changes (with no
  *                 change, commit of a read-only store just starts a new
  *                 snapshot and returns 0);
+ *   OC_EVERSION   a newer version of the library upgraded the store's
+ *                 format since it was opened (close it and use that
+ *                 version: older ones cannot read what it writes);
  *   OC_ESTOREIO, -errno (-ENOSPC, -EIO, ...): storage errors;
  *   -EBUSY        a writeout of an array handle is running elsewhere;
  *   OC_EFORKED.
