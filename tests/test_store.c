@@ -924,7 +924,8 @@ static MDB_env *idx_open(const char *path, int rdonly, MDB_txn **t)
  * the format version, and where block blk's first run in the data file
  * is (0: none). */
 struct dsum {
-	uint64_t ext_pages, inline_pages, live, arenas, version, blk_off;
+	uint64_t ext_pages, ext_runs, inline_pages, live, arenas, version,
+		blk_off;
 };
 
 static int delta_sum(const char *path, uint64_t blk, struct dsum *d)
@@ -947,6 +948,7 @@ static int delta_sum(const char *path, uint64_t blk, struct dsum *d)
 			continue;
 		}
 		d->ext_pages += le64((char *)v.mv_data + 8);
+		d->ext_runs++;
 		if (!d->blk_off && be64((char *)k.mv_data + 8) == blk)
 			d->blk_off = le64(v.mv_data);
 	}
@@ -1269,6 +1271,75 @@ static void test_arena_handoff(const char *path)
 	CHECK(ok && d.ext_pages == 2 * DN && d.live == 2 * DN * 4096,
 	      "arenas count every run: %llu pages, %llu live bytes",
 	      (unsigned long long)d.ext_pages, (unsigned long long)d.live);
+out:
+	if (s)
+		oc_store_close(s);
+	free(model);
+}
+
+/* Runs that cross from one arena into the next are stored in two pieces
+ * and read back whole; a fold and a zeroed block free their runs. */
+static void test_arena_split(const char *path)
+{
+	oc_store_t *s = sopen(path, OC_STORE_CREATE);
+	oc_array_meta_t m = meta1(DN, NULL);
+	uint64_t *model = calloc(DN, BS), b, r;
+	struct view v;
+	struct dsum d;
+	int ok;
+
+	CHECK(s && model, "arena split: create a store");
+	if (!s || !model || oc_store_create(s, "x", &m) || view_open(s, "x", DN, &v))
+		goto out;
+	for (b = 0; b < DN; b++)
+		for (uint64_t pg = 0; pg < BS / 4096; pg++)
+			page_set(&v, model, b, pg, b * 100 + pg + 1);
+	ok = oc_store_commit(s) == 0;
+	/* runs of 3 pages (12 KiB): 2 MiB is no multiple of them, and 6
+	 * rounds of 32 fill more than one arena */
+	for (r = 0; r < 6; r++) {
+		for (b = 0; b < DN; b++)
+			for (uint64_t pg = 1; pg < 4; pg++)
+				page_set(&v, model, b, pg, 6000 + r * 100 + b);
+		ok &= oc_store_commit(s) == 0;
+	}
+	CHECK(ok, "arena split: 6 rounds of 3-page runs");
+	CHECK(reopen(path, &s, &v, "x", DN) == 0, "arena split: reopen");
+	if (!s)
+		goto out;
+	ok = 1;
+	for (b = 0; b < DN; b++)
+		ok &= oc_fileh_load(v.fh, b, 1) == 0;
+	CHECK(ok && same(&v, model, DN), "runs read back whole");
+	view_close(&v);
+	oc_store_close(s);
+	s = NULL;
+	ok = delta_sum(path, 0, &d) == 0;
+	CHECK(ok && d.ext_pages == 3 * DN && d.live == 3 * DN * 4096 &&
+	      d.ext_runs > DN,
+	      "3 pages per block in the arenas, a run in two pieces: %llu pages "
+	      "in %llu records, %llu live bytes", (unsigned long long)d.ext_pages,
+	      (unsigned long long)d.ext_runs, (unsigned long long)d.live);
+
+	/* block 0 folds (5 of 16 pages), block 1 becomes zeros */
+	s = sopen(path, 0);
+	if (!s || view_open(s, "x", DN, &v))
+		goto out;
+	page_set(&v, model, 0, 8, 1);
+	page_set(&v, model, 0, 12, 2);
+	memset(v.p + W, 0, BS);
+	memset(model + W, 0, BS);
+	CHECK_EQ(oc_store_commit(s), 0, "fold block 0, zero block 1");
+	CHECK(reopen(path, &s, &v, "x", DN) == 0 && same(&v, model, DN),
+	      "arena split: data after the fold");
+	view_close(&v);
+	oc_store_close(s);
+	s = NULL;
+	ok = delta_sum(path, 0, &d) == 0;
+	CHECK(ok && d.ext_pages == 3 * (DN - 2) && d.live == 3 * (DN - 2) * 4096,
+	      "the fold and the zeroed block freed their runs: %llu pages, %llu "
+	      "live bytes", (unsigned long long)d.ext_pages,
+	      (unsigned long long)d.live);
 out:
 	if (s)
 		oc_store_close(s);
@@ -1639,6 +1710,8 @@ int main(void)
 	test_delta_space(p, c);
 	path_of(p, sizeof p, "handoff");
 	test_arena_handoff(p);
+	path_of(p, sizeof p, "split");
+	test_arena_split(p);
 	path_of(p, sizeof p, "partial");
 	test_partial(p);
 	path_of(p, sizeof p, "crash");
