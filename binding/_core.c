@@ -469,7 +469,7 @@ static PyObject *RAM_stats(RAMObject *self, PyObject *unused)
 	if (err)
 		return raise_code(err, "RAM.stats()");
 	return Py_BuildValue(
-		"{sKsKsKsKsKsKsKsKsKsKsKsKsKsKsKsKsKsKsKsKsKsKsKsKsK}",
+		"{sKsKsKsKsKsKsKsKsKsKsKsKsKsKsKsKsKsKsKsKsKsKsKsKsKsK}",
 		"budget", (unsigned long long)st.budget,
 		"pagesize", (unsigned long long)st.pagesize,
 		"used", (unsigned long long)st.used,
@@ -494,7 +494,8 @@ static PyObject *RAM_stats(RAMObject *self, PyObject *unused)
 		"granule_copies", (unsigned long long)st.granule_copies,
 		"patch_unmaps", (unsigned long long)st.patch_unmaps,
 		"patch_loads", (unsigned long long)st.patch_loads,
-		"table_moves", (unsigned long long)st.table_moves);
+		"table_moves", (unsigned long long)st.table_moves,
+		"reclaim_runs", (unsigned long long)st.reclaim_runs);
 }
 
 static PyObject *RAM_reclaim(RAMObject *self, PyObject *args)
@@ -540,7 +541,8 @@ static PyMethodDef RAM_methods[] = {
 	 "patch_unmaps, patch_loads (blocks stored as a base plus changes "
 	 "loaded for a write as just their changed granules), table_moves "
 	 "(blocks loaded into a reclaimed page's slot and shown by moving "
-	 "its page tables rather than filling new ones)."},
+	 "its page tables rather than filling new ones), reclaim_runs "
+	 "(reclaims of a run of a scan's base blocks with one unmapping)."},
 	{"reclaim", (PyCFunction)RAM_reclaim, METH_VARARGS,
 	 "reclaim(n=all) -> int\n\nReclaim up to n clean pages (and "
 	 "base-mapped blocks), least recently used first, regardless of the "

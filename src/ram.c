@@ -47,6 +47,11 @@
  * system calls (~20 us) against tearing down and refilling 64 entries
  * (~50 us; for 64 KiB, 25 against 20). */
 #define PARK_MIN ((size_t)256 << 10)
+/* Base blocks reclaimed together when they are a run of one mapping (a
+ * sequential scan's): at most this many, and a sixteenth of the budget.
+ * One unmapping for all: each one, in a process with another thread
+ * running, interrupts that thread's core to flush its TLB. */
+#define RECLAIM_RUN 8
 
 struct oc_list _oc_rams = {&_oc_rams, &_oc_rams};
 static bool reclaim_one(oc_ram_t *ram, int64_t *reuse, void **park);
@@ -326,7 +331,9 @@ int oc_ram_stats(oc_ram_t *ram, oc_ram_stats_t *st)
 /* Reclaim one thing (lock held): the least recently faulted clean page
  * or base block, dropped (its slot is put in *reuse when reuse is not
  * NULL and *reuse < 0, instead of being freed, and its mapping parked in
- * *park when park is not NULL); or else the least recently faulted patched
+ * *park when park is not NULL; with reuse NULL, the base blocks that
+ * follow it on the list go with it when they are a run of one mapping,
+ * see RECLAIM_RUN); or else the least recently faulted patched
  * page, unmapped (its granules stay: it is dirty, but its base no longer
  * counts).  Returns false when there is nothing to reclaim. */
 static bool reclaim_one(oc_ram_t *ram, int64_t *reuse, void **park)
@@ -334,7 +341,18 @@ static bool reclaim_one(oc_ram_t *ram, int64_t *reuse, void **park)
 	struct page *p;
 
 	if (!oc_list_empty(&ram->lru_clean)) {
+		uint64_t max = (ram->budget >> ram->pageshift) / 16;
+		unsigned n;
 		p = oc_container_of(ram->lru_clean.next, struct page, lru);
+		if (!reuse && max > 1 &&
+		    (n = _oc_page_run(p, max < RECLAIM_RUN ? (unsigned)max
+							    : RECLAIM_RUN)) > 1) {
+			/* base blocks of a scan: several with one unmapping */
+			_oc_page_drop_run(p, n);
+			ram->st.reclaims += n - 1;
+			ram->st.reclaim_runs++;
+			return true;
+		}
 		if (reuse && *reuse < 0 && p->slot >= 0) {
 			if (park)
 				*park = _oc_page_park(p);

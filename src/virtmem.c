@@ -339,6 +339,68 @@ void *_oc_page_park(struct page *p)
 	return park;
 }
 
+/* The base block after q in the LRU list if it continues a run of base
+ * blocks mapped once each, at address a of q's mapping (NULL otherwise). */
+static struct page *run_next(struct page *q, uintptr_t a)
+{
+	struct page *n;
+
+	if (q->lru.next == &q->fh->ram->lru_clean)
+		return NULL;
+	n = oc_container_of(q->lru.next, struct page, lru);
+	if (n->state != PAGE_BASE || n->nmaps != 1 || n->maps->cost != 1 ||
+	    n->maps->vma != q->maps->vma ||
+	    (uintptr_t)page_addr(n->maps->vma, n->blk) != a)
+		return NULL;
+	return n;
+}
+
+unsigned _oc_page_run(struct page *p, unsigned max)
+{
+	size_t ps = p->fh->ram->pagesize;
+	uintptr_t a;
+	struct page *q = p, *n;
+	unsigned k = 1;
+	int dir;
+
+	if (p->state != PAGE_BASE || p->nmaps != 1 || p->maps->cost != 1)
+		return p->state == PAGE_BASE ? 1 : 0;
+	a = (uintptr_t)page_addr(p->maps->vma, p->blk);
+	/* a scan's read-ahead puts runs on the list in either order */
+	if ((n = run_next(p, a + ps)))
+		dir = 1;
+	else if ((n = run_next(p, a - ps)))
+		dir = -1;
+	else
+		return 1;
+	while (n && k < max) {
+		q = n;
+		k++;
+		n = run_next(q, a + (uintptr_t)((intptr_t)k * dir * (intptr_t)ps));
+	}
+	return k;
+}
+
+void _oc_page_drop_run(struct page *p, unsigned n)
+{
+	size_t ps = p->fh->ram->pagesize;
+	uintptr_t a = (uintptr_t)page_addr(p->maps->vma, p->blk), lo = a;
+	struct page *q = p, *next;
+
+	for (unsigned i = 1; i < n; i++) {
+		q = oc_container_of(q->lru.next, struct page, lru);
+		a = (uintptr_t)page_addr(q->maps->vma, q->blk);
+		if (a < lo)
+			lo = a;
+	}
+	_oc_os_unmap_to_reserve((void *)lo, n * ps);
+	for (q = p; n--; q = next) {
+		next = n ? oc_container_of(q->lru.next, struct page, lru) : NULL;
+		unmap_rec(q->maps, false);
+		_oc_page_drop(q, false);
+	}
+}
+
 int64_t _oc_page_drop(struct page *p, bool keep_slot)
 {
 	oc_fileh_t *fh = p->fh;

@@ -6,7 +6,8 @@
  * recently faulted clean page goes (and its next access reloads it), dirty
  * pages never go (the budget is exceeded and counted instead), explicit
  * oc_ram_reclaim and lowering the budget reclaim at once, reclaim unmaps a
- * page from every mapping, and base-layer blocks count too.  Then the big
+ * page from every mapping, and base-layer blocks count too (a scan's are
+ * reclaimed in runs, one unmapping each).  Then the big
  * one: 1 GiB read, written and read again through a 64 MiB budget keeps
  * the process's RSS under budget + 32 MiB.
  */
@@ -462,6 +463,83 @@ static void test_base_budget(void)
 	free(blk);
 }
 
+/* A scan's base blocks are reclaimed in runs, with one unmapping for each
+ * run; the data stays right, in a scan, a scan backwards and a random
+ * order, and the budget holds. */
+static void test_base_runs(void)
+{
+	const size_t ps = 64 * KiB;
+	const int N = 256, B = 64; /* runs of up to B / 16 = 4 */
+	char path[256];
+	const char *tmp = getenv("TMPDIR");
+	oc_file_t *f = NULL;
+	oc_ram_t *ram;
+	oc_fileh_t *fh = NULL;
+	oc_vma_t *v = NULL;
+	oc_ram_stats_t st;
+	uint64_t *blk = malloc(ps);
+	int fd, r, ok, over = 0;
+
+	printf("# base blocks of a scan reclaimed in runs\n");
+	snprintf(path, sizeof(path), "%s/oc-test-reclaim-XXXXXX",
+		 tmp ? tmp : "/tmp");
+	fd = mkstemp(path);
+	CHECK(fd >= 0 && blk, "mkstemp");
+	if (fd < 0 || !blk) {
+		free(blk);
+		return;
+	}
+	for (int b = 0; b < N; b++) {
+		tf_fill(blk, ps, b);
+		if (pwrite(fd, blk, ps, (off_t)b * ps) != (ssize_t)ps)
+			printf("# pwrite failed\n");
+	}
+	ram = tf_ram(ps, B * ps, &r);
+	CHECK(ram != NULL, "RAM: %d", r);
+	if (ram && oc_plainfile_open(&f, path, ps, 0) == 0 &&
+	    oc_fileh_open(&fh, f, ram) == 0 && oc_fileh_mmap(fh, 0, N, &v) == 0) {
+		char *a = oc_vma_addr(v);
+		ok = 1;
+		for (int b = 0; b < N; b++) {
+			ok &= tf_is_pattern(a + b * ps, ps, b, 1);
+			over |= stats(ram).used > B * ps;
+		}
+		st = stats(ram);
+		CHECK(ok && !over, "a scan of %d blocks through a budget of %d", N, B);
+		CHECK(st.reclaim_runs > 0 && st.reclaims >= (uint64_t)(N - B),
+		      "reclaimed in runs: %llu runs, %llu blocks",
+		      (unsigned long long)st.reclaim_runs,
+		      (unsigned long long)st.reclaims);
+		ok = 1;
+		for (int b = N; b-- > 0;) {
+			ok &= tf_is_pattern(a + b * ps, ps, b, 1);
+			over |= stats(ram).used > B * ps;
+		}
+		CHECK(ok && !over, "and backwards");
+		ok = 1;
+		for (int i = 0; i < 4 * N; i++) {
+			int b = (int)((i * 2654435761u) % (unsigned)N);
+			ok &= tf_is_pattern(a + b * ps, ps, b, 1);
+			over |= stats(ram).used > B * ps;
+		}
+		CHECK(ok && !over, "and in a random order (%llu runs in all)",
+		      (unsigned long long)stats(ram).reclaim_runs);
+	} else {
+		CHECK(0, "open the plain file");
+	}
+	if (v)
+		oc_vma_unmap(v);
+	if (fh)
+		oc_fileh_close(fh);
+	if (f)
+		oc_file_put(f);
+	if (ram)
+		CHECK_EQ(oc_ram_close(ram), 0, "close RAM");
+	close(fd);
+	unlink(path);
+	free(blk);
+}
+
 /* ---- 1 GiB through 64 MiB ------------------------------------------- */
 
 struct big {
@@ -635,6 +713,7 @@ int main(void)
 	test_dirty_kept();
 	test_explicit();
 	test_base_budget();
+	test_base_runs();
 	test_big();
 	return check_done();
 }

@@ -132,6 +132,8 @@ typedef struct oc_ram_stats {
 	uint64_t table_moves;    /* blocks loaded into the slot of a reclaimed
 				    page and mapped by moving that page's
 				    page tables instead of refilling them */
+	uint64_t reclaim_runs;   /* reclaims of a run of base blocks (a
+				    scan's) with one unmapping for all */
 } oc_ram_stats_t;
 
 /* Fill *st.  Returns 0. */
