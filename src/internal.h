@@ -335,13 +335,13 @@ int64_t _oc_page_drop(struct page *p, bool keep_slot);
 void *_oc_page_park(struct page *p);
 /* Under the lock: unmap a page from every mapping. */
 void _oc_page_unmap_all(struct page *p);
-/* Under the lock: how many clean pages from the head of the LRU list that
- * p heads (p first, at most max) are base blocks mapped once each, at
- * consecutive addresses of one mapping (in either order); at most max.
- * Such a run is dropped with one unmapping by _oc_page_drop_run. */
-unsigned _oc_page_run(struct page *p, unsigned max);
+/* Under the lock: how many clean pages of the LRU list from p on (p first,
+ * at most max) are base blocks mapped once each, at consecutive addresses
+ * of one mapping (in either order), and in *lo the lowest address.  Such a
+ * run is dropped with one unmapping by _oc_page_drop_run. */
+unsigned _oc_page_run(struct page *p, unsigned max, uintptr_t *lo);
 /* Under the lock: drop the n pages of such a run (see _oc_page_run). */
-void _oc_page_drop_run(struct page *p, unsigned n);
+void _oc_page_drop_run(struct page *p, unsigned n, uintptr_t lo);
 
 /* Fault service.  write: 0 a read, 1 a write, 2 unknown (then a fault
  * on a read-only mapping is taken as a write).  Serves one access at addr

@@ -342,13 +342,14 @@ static bool reclaim_one(oc_ram_t *ram, int64_t *reuse, void **park)
 
 	if (!oc_list_empty(&ram->lru_clean)) {
 		uint64_t max = (ram->budget >> ram->pageshift) / 16;
+		uintptr_t lo;
 		unsigned n;
 		p = oc_container_of(ram->lru_clean.next, struct page, lru);
 		if (!reuse && max > 1 &&
 		    (n = _oc_page_run(p, max < RECLAIM_RUN ? (unsigned)max
-							    : RECLAIM_RUN)) > 1) {
+							    : RECLAIM_RUN, &lo)) > 1) {
 			/* base blocks of a scan: several with one unmapping */
-			_oc_page_drop_run(p, n);
+			_oc_page_drop_run(p, n, lo);
 			ram->st.reclaims += n - 1;
 			ram->st.reclaim_runs++;
 			return true;

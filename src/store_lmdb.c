@@ -1021,8 +1021,9 @@ struct vjob {
 
 struct vwin {
 	const unsigned char *p;
-	size_t size;       /* mapped: VWIN, or a block larger than that */
-	uint64_t off, len; /* of the data file, and how much of it exists */
+	uint64_t off;      /* of the data file */
+	size_t size;       /* mapped: VWIN, a block larger than that, or (at
+			    * the end of the data file) the extent */
 };
 
 static void win_drop(struct vwin *w)
@@ -1038,24 +1039,19 @@ static const unsigned char *win_get(struct lmdb_eng *e, struct vwin *w,
 				    uint64_t off, size_t len)
 {
 	size_t size = len > VWIN ? len : VWIN;
-	struct stat sb;
-	void *p;
+	const void *p;
 
-	if (w->p && off >= w->off && off + len <= w->off + w->len)
+	if (w->p && off >= w->off && off + len <= w->off + w->size)
 		return w->p + (off - w->off);
 	win_drop(w);
-	if (fstat(e->datafd, &sb) || (uint64_t)sb.st_size < off + len)
+	/* near the end of the data file, just the extent */
+	if (_oc_os_map_file_ro(e->datafd, off, size, &p) &&
+	    _oc_os_map_file_ro(e->datafd, off, size = len, &p))
 		return NULL;
-	/* (only what exists of the file is ever touched: [off, off+len)) */
-	p = mmap(NULL, size, PROT_READ, MAP_SHARED, e->datafd, (off_t)off);
-	if (p == MAP_FAILED)
-		return NULL;
-	_oc_os_advise_huge(p, size);
-	(void)madvise(p, size, MADV_DONTFORK);
+	(void)madvise((void *)p, size, MADV_DONTFORK);
 	w->p = p;
 	w->size = size;
 	w->off = off;
-	w->len = (uint64_t)sb.st_size - off < size ? (uint64_t)sb.st_size - off : size;
 	return w->p;
 }
 
@@ -1161,7 +1157,7 @@ static void fetch_extent(struct lmdb_eng *e, const struct blkrec *r,
 static void *verifier(void *arg)
 {
 	struct lmdb_eng *e = arg;
-	struct vwin w = {NULL, 0, 0, 0};
+	struct vwin w = {NULL, 0, 0};
 	struct vjob j;
 
 	pthread_mutex_lock(&e->mu);

@@ -355,45 +355,32 @@ static struct page *run_next(struct page *q, uintptr_t a)
 	return n;
 }
 
-unsigned _oc_page_run(struct page *p, unsigned max)
+unsigned _oc_page_run(struct page *p, unsigned max, uintptr_t *lo)
 {
 	size_t ps = p->fh->ram->pagesize;
 	uintptr_t a;
-	struct page *q = p, *n;
+	struct page *n;
 	unsigned k = 1;
-	int dir;
+	intptr_t step;
 
 	if (p->state != PAGE_BASE || p->nmaps != 1 || p->maps->cost != 1)
-		return p->state == PAGE_BASE ? 1 : 0;
+		return 1;
 	a = (uintptr_t)page_addr(p->maps->vma, p->blk);
 	/* a scan's read-ahead puts runs on the list in either order */
-	if ((n = run_next(p, a + ps)))
-		dir = 1;
-	else if ((n = run_next(p, a - ps)))
-		dir = -1;
-	else
-		return 1;
-	while (n && k < max) {
-		q = n;
-		k++;
-		n = run_next(q, a + (uintptr_t)((intptr_t)k * dir * (intptr_t)ps));
-	}
+	step = (intptr_t)ps;
+	if (!(n = run_next(p, a + ps)) && (n = run_next(p, a - ps)))
+		step = -(intptr_t)ps;
+	for (; n && k < max; k++)
+		n = run_next(n, a + (uintptr_t)((intptr_t)(k + 1) * step));
+	*lo = step > 0 ? a : a - (k - 1) * ps;
 	return k;
 }
 
-void _oc_page_drop_run(struct page *p, unsigned n)
+void _oc_page_drop_run(struct page *p, unsigned n, uintptr_t lo)
 {
-	size_t ps = p->fh->ram->pagesize;
-	uintptr_t a = (uintptr_t)page_addr(p->maps->vma, p->blk), lo = a;
-	struct page *q = p, *next;
+	struct page *q, *next;
 
-	for (unsigned i = 1; i < n; i++) {
-		q = oc_container_of(q->lru.next, struct page, lru);
-		a = (uintptr_t)page_addr(q->maps->vma, q->blk);
-		if (a < lo)
-			lo = a;
-	}
-	_oc_os_unmap_to_reserve((void *)lo, n * ps);
+	_oc_os_unmap_to_reserve((void *)lo, n * p->fh->ram->pagesize);
 	for (q = p; n--; q = next) {
 		next = n ? oc_container_of(q->lru.next, struct page, lru) : NULL;
 		unmap_rec(q->maps, false);

@@ -381,40 +381,82 @@ static void test_explicit(void)
 	teardown(&s);
 }
 
+/* A plain file of nblk blocks of ps bytes (block b holds pattern b), a
+ * RAM of budget_pages pages, a handle and a mapping of the whole file. */
+struct plain {
+	char path[256];
+	int fd;
+	oc_file_t *f;
+	oc_ram_t *ram;
+	oc_fileh_t *fh;
+	oc_vma_t *v;
+	char *a;
+};
+
+static void plain_close(struct plain *x)
+{
+	if (x->v)
+		oc_vma_unmap(x->v);
+	if (x->fh)
+		oc_fileh_close(x->fh);
+	if (x->f)
+		oc_file_put(x->f);
+	if (x->ram)
+		CHECK_EQ(oc_ram_close(x->ram), 0, "close RAM");
+	if (x->fd >= 0) {
+		close(x->fd);
+		unlink(x->path);
+	}
+}
+
+/* 0, or -1 after a failed check (x closed). */
+static int plain_open(struct plain *x, size_t ps, int nblk,
+		      uint64_t budget_pages)
+{
+	const char *tmp = getenv("TMPDIR");
+	uint64_t *blk = malloc(ps);
+	int r = 0;
+
+	memset(x, 0, sizeof *x);
+	snprintf(x->path, sizeof(x->path), "%s/oc-test-reclaim-XXXXXX",
+		 tmp ? tmp : "/tmp");
+	x->fd = mkstemp(x->path);
+	CHECK(x->fd >= 0 && blk, "mkstemp");
+	for (int b = 0; x->fd >= 0 && blk && b < nblk; b++) {
+		tf_fill(blk, ps, b);
+		if (pwrite(x->fd, blk, ps, (off_t)b * ps) != (ssize_t)ps)
+			printf("# pwrite failed\n");
+	}
+	free(blk);
+	if (x->fd >= 0)
+		x->ram = tf_ram(ps, budget_pages * ps, &r);
+	if (!x->ram || oc_plainfile_open(&x->f, x->path, ps, 0) ||
+	    oc_fileh_open(&x->fh, x->f, x->ram) ||
+	    oc_fileh_mmap(x->fh, 0, (uint64_t)nblk, &x->v)) {
+		CHECK(0, "open the plain file (RAM: %d)", r);
+		plain_close(x);
+		return -1;
+	}
+	x->a = oc_vma_addr(x->v);
+	return 0;
+}
+
 /* Base-layer blocks of a plain file count in the budget too. */
 static void test_base_budget(void)
 {
 	const size_t ps = 64 * KiB;
 	const int N = 8;
-	char path[256];
-	const char *tmp = getenv("TMPDIR");
-	oc_file_t *f = NULL;
+	struct plain x;
 	oc_ram_t *ram;
-	oc_fileh_t *fh = NULL;
-	oc_vma_t *v = NULL;
+	oc_fileh_t *fh;
 	oc_ram_stats_t st;
-	uint64_t *blk = malloc(ps);
-	int fd, r, ok;
+	int ok;
 
 	printf("# base-layer blocks count in the budget\n");
-	snprintf(path, sizeof(path), "%s/oc-test-reclaim-XXXXXX",
-		 tmp ? tmp : "/tmp");
-	fd = mkstemp(path);
-	CHECK(fd >= 0, "mkstemp");
-	if (fd < 0) {
-		free(blk);
-		return;
-	}
-	for (int b = 0; b < N; b++) {
-		tf_fill(blk, ps, b);
-		if (pwrite(fd, blk, ps, (off_t)b * ps) != (ssize_t)ps)
-			printf("# pwrite failed\n");
-	}
-	ram = tf_ram(ps, 3 * ps, &r);
-	CHECK(ram != NULL, "RAM: %d", r);
-	if (ram && oc_plainfile_open(&f, path, ps, 0) == 0 &&
-	    oc_fileh_open(&fh, f, ram) == 0 && oc_fileh_mmap(fh, 0, N, &v) == 0) {
-		char *a = oc_vma_addr(v);
+	if (plain_open(&x, ps, N, 3) == 0) {
+		char *a = x.a;
+		ram = x.ram;
+		fh = x.fh;
 		ok = 1;
 		for (int b = 0; b < N; b++) {
 			ok &= tf_is_pattern(a + b * ps, ps, b, 1);
@@ -447,20 +489,8 @@ static void test_base_budget(void)
 		CHECK(st.base_blocks == 1 && st.used == ps + 4 * KiB,
 		      "only the patched block: its base and its 4 KiB granule");
 		oc_fileh_discard(fh);
-	} else {
-		CHECK(0, "open the plain file");
+		plain_close(&x);
 	}
-	if (v)
-		oc_vma_unmap(v);
-	if (fh)
-		oc_fileh_close(fh);
-	if (f)
-		oc_file_put(f);
-	if (ram)
-		CHECK_EQ(oc_ram_close(ram), 0, "close RAM");
-	close(fd);
-	unlink(path);
-	free(blk);
 }
 
 /* A scan's base blocks are reclaimed in runs, with one unmapping for each
@@ -470,35 +500,15 @@ static void test_base_runs(void)
 {
 	const size_t ps = 64 * KiB;
 	const int N = 256, B = 64; /* runs of up to B / 16 = 4 */
-	char path[256];
-	const char *tmp = getenv("TMPDIR");
-	oc_file_t *f = NULL;
+	struct plain x;
 	oc_ram_t *ram;
-	oc_fileh_t *fh = NULL;
-	oc_vma_t *v = NULL;
 	oc_ram_stats_t st;
-	uint64_t *blk = malloc(ps);
-	int fd, r, ok, over = 0;
+	int ok, over = 0;
 
 	printf("# base blocks of a scan reclaimed in runs\n");
-	snprintf(path, sizeof(path), "%s/oc-test-reclaim-XXXXXX",
-		 tmp ? tmp : "/tmp");
-	fd = mkstemp(path);
-	CHECK(fd >= 0 && blk, "mkstemp");
-	if (fd < 0 || !blk) {
-		free(blk);
-		return;
-	}
-	for (int b = 0; b < N; b++) {
-		tf_fill(blk, ps, b);
-		if (pwrite(fd, blk, ps, (off_t)b * ps) != (ssize_t)ps)
-			printf("# pwrite failed\n");
-	}
-	ram = tf_ram(ps, B * ps, &r);
-	CHECK(ram != NULL, "RAM: %d", r);
-	if (ram && oc_plainfile_open(&f, path, ps, 0) == 0 &&
-	    oc_fileh_open(&fh, f, ram) == 0 && oc_fileh_mmap(fh, 0, N, &v) == 0) {
-		char *a = oc_vma_addr(v);
+	if (plain_open(&x, ps, N, B) == 0) {
+		char *a = x.a;
+		ram = x.ram;
 		ok = 1;
 		for (int b = 0; b < N; b++) {
 			ok &= tf_is_pattern(a + b * ps, ps, b, 1);
@@ -524,20 +534,8 @@ static void test_base_runs(void)
 		}
 		CHECK(ok && !over, "and in a random order (%llu runs in all)",
 		      (unsigned long long)stats(ram).reclaim_runs);
-	} else {
-		CHECK(0, "open the plain file");
+		plain_close(&x);
 	}
-	if (v)
-		oc_vma_unmap(v);
-	if (fh)
-		oc_fileh_close(fh);
-	if (f)
-		oc_file_put(f);
-	if (ram)
-		CHECK_EQ(oc_ram_close(ram), 0, "close RAM");
-	close(fd);
-	unlink(path);
-	free(blk);
 }
 
 /* ---- 1 GiB through 64 MiB ------------------------------------------- */

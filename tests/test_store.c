@@ -716,25 +716,44 @@ static long delta_entries(const char *path)
 	return rc ? -1 : (long)ms.ms_entries;
 }
 
-static void test_deltas(const char *path, const char *copy)
+/* A new store at path with array name of DN blocks, viewed in v, every
+ * page set (in model too) and committed: the store, or NULL (a failed
+ * check, nothing left open).  what names the test in the checks. */
+static oc_store_t *whole_store(const char *path, const char *name,
+			       uint64_t *model, struct view *v, const char *what)
 {
 	oc_store_t *s = sopen(path, OC_STORE_CREATE);
 	oc_array_meta_t m = meta1(DN, NULL);
+	int ok = s && model && !oc_store_create(s, name, &m) &&
+		 !view_open(s, name, DN, v);
+
+	CHECK(ok, "%s: create a store", what);
+	if (!ok) {
+		if (s)
+			oc_store_close(s);
+		return NULL;
+	}
+	for (uint64_t b = 0; b < DN; b++)
+		for (uint64_t pg = 0; pg < BS / 4096; pg++)
+			page_set(v, model, b, pg, b * 100 + pg + 1);
+	ok = oc_store_commit(s);
+	CHECK(ok == 0, "%s: commit whole blocks (%d)", what, ok);
+	return s;
+}
+
+static void test_deltas(const char *path, const char *copy)
+{
 	oc_store_stats_t s0, ss;
 	uint64_t *model = calloc(DN, BS), off4 = 0, off2 = 0;
 	off_t idx0;
 	struct view v;
+	oc_store_t *s = whole_store(path, "d", model, &v, "delta test");
 	oc_file_t *f;
 	int fd, ok, status;
 	pid_t pid;
 
-	CHECK(s && model, "delta test: create a store");
-	if (!s || !model || oc_store_create(s, "d", &m) || view_open(s, "d", DN, &v))
+	if (!s)
 		goto out;
-	for (uint64_t b = 0; b < DN; b++)
-		for (uint64_t pg = 0; pg < BS / 4096; pg++)
-			page_set(&v, model, b, pg, b * 100 + pg + 1);
-	CHECK_EQ(oc_store_commit(s), 0, "commit whole blocks");
 	f = oc_fileh_file(v.fh);
 	CHECK_EQ(f->ops->mapblk(f, 4, &fd, &off4), 0, "block 4 is mapped");
 
@@ -1048,23 +1067,17 @@ out:
  * (in the records) are still read and replaced. */
 static void test_delta_space(const char *path, const char *copy)
 {
-	oc_store_t *s = sopen(path, OC_STORE_CREATE);
-	oc_array_meta_t m = meta1(DN, NULL);
 	oc_store_stats_t s0, ss;
 	uint64_t *model = calloc(DN, BS), r, b, grew;
 	struct view v;
+	oc_store_t *s = whole_store(path, "e", model, &v, "delta space");
 	struct dsum d;
 	int ok, status, p1[2] = {-1, -1}, p2[2] = {-1, -1};
 	char to[700], x;
 	pid_t pid;
 
-	CHECK(s && model, "delta space: create a store");
-	if (!s || !model || oc_store_create(s, "e", &m) || view_open(s, "e", DN, &v))
+	if (!s)
 		goto out;
-	for (b = 0; b < DN; b++)
-		for (uint64_t pg = 0; pg < BS / 4096; pg++)
-			page_set(&v, model, b, pg, b * 100 + pg + 1);
-	CHECK_EQ(oc_store_commit(s), 0, "delta space: commit whole blocks");
 
 	/* 160 rounds of one page per block: 10 arenas' worth of runs (each
 	 * round replaces the last), in at most 3 arenas of space */
@@ -1207,22 +1220,18 @@ out:
  * other process's). */
 static void test_arena_handoff(const char *path)
 {
-	oc_store_t *s = sopen(path, OC_STORE_CREATE);
-	oc_array_meta_t m = meta1(DN, NULL), m1 = meta1(1, "{\"n\": 1}");
+	oc_array_meta_t m1 = meta1(1, "{\"n\": 1}");
 	uint64_t *model = calloc(DN, BS), b;
 	struct view v;
+	oc_store_t *s = whole_store(path, "h", model, &v, "arena handoff");
 	struct dsum d;
 	int ok, status;
 	pid_t pid;
 
-	CHECK(s && model, "arena handoff: create a store");
-	if (!s || !model || oc_store_create(s, "h", &m) ||
-	    oc_store_create(s, "m", &m1) || view_open(s, "h", DN, &v))
+	if (!s)
 		goto out;
-	for (b = 0; b < DN; b++)
-		for (uint64_t pg = 0; pg < BS / 4096; pg++)
-			page_set(&v, model, b, pg, b * 100 + pg + 1);
-	CHECK_EQ(oc_store_commit(s), 0, "arena handoff: whole blocks");
+	CHECK(oc_store_create(s, "m", &m1) == 0 && oc_store_commit(s) == 0,
+	      "arena handoff: an array for metadata commits");
 	for (b = 0; b < DN; b++)
 		page_set(&v, model, b, 1, 3000 + b);
 	CHECK_EQ(oc_store_commit(s), 0, "runs by this process");
@@ -1281,20 +1290,14 @@ out:
  * and read back whole; a fold and a zeroed block free their runs. */
 static void test_arena_split(const char *path)
 {
-	oc_store_t *s = sopen(path, OC_STORE_CREATE);
-	oc_array_meta_t m = meta1(DN, NULL);
 	uint64_t *model = calloc(DN, BS), b, r;
 	struct view v;
+	oc_store_t *s = whole_store(path, "x", model, &v, "arena split");
 	struct dsum d;
-	int ok;
+	int ok = 1;
 
-	CHECK(s && model, "arena split: create a store");
-	if (!s || !model || oc_store_create(s, "x", &m) || view_open(s, "x", DN, &v))
+	if (!s)
 		goto out;
-	for (b = 0; b < DN; b++)
-		for (uint64_t pg = 0; pg < BS / 4096; pg++)
-			page_set(&v, model, b, pg, b * 100 + pg + 1);
-	ok = oc_store_commit(s) == 0;
 	/* runs of 3 pages (12 KiB): 2 MiB is no multiple of them, and 6
 	 * rounds of 32 fill more than one arena */
 	for (r = 0; r < 6; r++) {
