@@ -58,7 +58,7 @@ static void run_child(void (*fn)(void *), void *arg, struct child *c)
 	}
 	fflush(stdout);
 	fflush(stderr);
-	pid = fork();
+	pid = check_fork();
 	if (pid == 0) {
 		struct rlimit rl = {0, 0};
 		setrlimit(RLIMIT_CORE, &rl);

@@ -27,8 +27,6 @@
 #define ARENA (2u << 20) /* store_lmdb.c's arenas of delta runs */
 
 static oc_ram_t *ram;
-static oc_ram_t *volatile parent_ram; /* in a child: the parent's (kept reachable) */
-static void *volatile child_keep;     /* in a child: the parent's buffer it used */
 static char base[256];
 
 static void path_of(char *out, size_t n, const char *name)
@@ -191,7 +189,6 @@ static void rm_tree(const char *d)
 static oc_store_t *child_open(const char *path)
 {
 	int err;
-	parent_ram = ram;
 	ram = tf_ram(BS, 64 * BS, &err);
 	if (!ram)
 		_exit(10);
@@ -320,7 +317,7 @@ static void child_write(const char *path, uint64_t blk, uint64_t val)
 static int run_child(const char *path, uint64_t blk, uint64_t val)
 {
 	int status;
-	pid_t pid = fork();
+	pid_t pid = check_fork();
 	if (pid == 0)
 		child_write(path, blk, val);
 	if (pid < 0 || waitpid(pid, &status, 0) != pid || !WIFEXITED(status))
@@ -494,7 +491,7 @@ static void test_crash(const char *path)
 		pid_t pid;
 		if (pipe(p))
 			break;
-		pid = fork();
+		pid = check_fork();
 		if (pid == 0) {
 			close(p[0]);
 			crash_child(path, cur + 1, p[1]);
@@ -825,7 +822,7 @@ static void test_deltas(const char *path, const char *copy)
 	      (unsigned long long)ss.verified);
 
 	/* another process reads the same */
-	pid = fork();
+	pid = check_fork();
 	if (pid == 0) {
 		oc_store_t *c = child_open(path);
 		struct view cv;
@@ -1117,11 +1114,10 @@ static void test_delta_space(const char *path, const char *copy)
 		CHECK(0, "pipes");
 		goto out;
 	}
-	pid = fork();
+	pid = check_fork();
 	if (pid == 0) {
 		oc_store_t *c = child_open(path);
 		struct view cv;
-		child_keep = model; /* not a leak at _exit (valgrind) */
 		close(p1[0]);
 		close(p2[1]);
 		if (!c || write(p1[1], "o", 1) != 1 || read(p2[0], &x, 1) != 1 ||
@@ -1241,11 +1237,10 @@ static void test_arena_handoff(const char *path)
 		for (uint64_t w = 0; w < PW; w++)
 			model[b * W + 3 * PW + w] = (4000 + b) * 1000 + w;
 	}
-	pid = fork();
+	pid = check_fork();
 	if (pid == 0) {
 		oc_store_t *c = child_open(path);
 		struct view cv;
-		child_keep = model; /* not a leak at _exit (valgrind) */
 		if (!c || view_open(c, "h", DN, &cv))
 			_exit(1);
 		for (b = 0; b < DN / 2; b++)
@@ -1655,14 +1650,13 @@ static void test_unwritable(const char *path)
 		return;
 	}
 	chmod(base, 0755);
-	pid = fork();
+	pid = check_fork();
 	if (pid == 0) {
 		oc_store_t *s = NULL;
 		struct view a;
 		int err;
 		if (setgid(65534) || setuid(65534))
 			_exit(10);
-		parent_ram = ram;
 		ram = tf_ram(BS, 64 * BS, &err);
 		if (!ram)
 			_exit(11);
