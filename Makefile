@@ -164,6 +164,13 @@ build/bench/%: bench/%.c $(OBJS)
 	@mkdir -p $(@D)
 	$(CC) $(TEST_CFLAGS) -O2 -MMD -MP -MT $@ -MF $@.d -o $@ $< $(OBJS) $(LDFLAGS) $(LIBS)
 
+# bench/bench_store.py's floor for a verified scan: a helper program (on
+# the library's objects for its XXH3), not a benchmark that bench-c runs.
+SCAN_FLOOR = build/bench/scan_floor
+$(SCAN_FLOOR): bench/scan_floor.c $(OBJS)
+	@mkdir -p $(@D)
+	$(CC) $(TEST_CFLAGS) -O2 -MMD -MP -MT $@ -MF $@.d -o $@ $< $(OBJS) $(LDFLAGS) $(LIBS)
+
 # bench/bench_pg.py's baseline, the server's bulk COPY through libpq: a
 # helper program (libpq only), not a benchmark that bench-c runs.
 PG_COPY = build/bench/pg_copy
@@ -188,7 +195,7 @@ benches: $(BENCHES)
 deps:
 	@$(DEPS)
 
-test-build: all tests benches
+test-build: all tests benches $(SCAN_FLOOR)
 
 test:
 	@$(DEPS)
@@ -246,7 +253,7 @@ demo:
 
 bench:
 	@$(DEPS) bench
-	@$(MAKE) --no-print-directory all benches $(PG_COPY)
+	@$(MAKE) --no-print-directory all benches $(PG_COPY) $(SCAN_FLOOR)
 	@$(MAKE) --no-print-directory bench-c bench-python bench-pg
 
 # The core benchmark's huge-page section needs 600 free huge pages: reserved
@@ -256,7 +263,7 @@ bench-c: $(BENCHES)
 		sh scripts/with-hugepages.sh 640 $$b || { echo "=== $$b: FAIL"; st=1; }; \
 	done; exit $$st
 
-bench-python: $(PYEXT)
+bench-python: $(PYEXT) $(SCAN_FLOOR)
 	$(PYTHON) bench/bench_memmap.py
 	$(PYTHON) bench/bench_store.py
 
@@ -304,4 +311,4 @@ clean:
 	rm -rf build outcore/_core*.so
 
 -include $(OBJS:.o=.d) $(ASAN_OBJS:.o=.d) $(TSAN_OBJS:.o=.d)
--include $(addsuffix .d,$(PLAIN_BINS) $(ASAN_BINS) $(TSAN_BINS) $(EXAMPLES) $(BENCHES) $(PG_COPY))
+-include $(addsuffix .d,$(PLAIN_BINS) $(ASAN_BINS) $(TSAN_BINS) $(EXAMPLES) $(BENCHES) $(PG_COPY) $(SCAN_FLOOR))

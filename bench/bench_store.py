@@ -14,7 +14,10 @@ scans of outcore's store run again with checksum verification off
 is its own), the contenders alternate, and every figure is printed as a
 ratio to numpy.memmap measured in the same run.  Every scan runs twice,
 the second round in reverse order, and each contender's faster run counts
-(its peak RSS: the larger of the two).
+(its peak RSS: the larger of the two).  After the warm scans,
+bench/scan_floor.c (built by `make bench`) measures what hashing every byte
+costs this machine with nothing of outcore in between, on numpy.memmap's
+file: printed next to outcore's verified / unverified warm ratio.
 zarr and h5py (2 MiB chunks, uncompressed) run when Debian's python3-zarr /
 python3-h5py are installed (`make bench` installs them).
 
@@ -109,9 +112,10 @@ class OutcoreNoVerify(Outcore):
 
 class Memmap:
     name = "numpy.memmap"
+    suffix = ".f8"
 
     def __init__(self, path, nitems, ram):
-        self.path, self.nitems = path + ".f8", nitems
+        self.path, self.nitems = path + self.suffix, nitems
 
     def create(self):
         a = np.memmap(self.path, np.float64, "w+", shape=(self.nitems,))
@@ -224,6 +228,23 @@ def available():
     return out
 
 
+def scan_floor(path):
+    """bench/scan_floor.c on numpy.memmap's page-cached file: the medians
+    of a scan that only sums the data (as outcore maps it) and of one
+    that also hashes every byte on the two cores, with nothing of outcore
+    in between: what a verified scan costs this machine.  A dict, or None
+    (said why)."""
+    exe = os.path.join(ROOT, "build", "bench", "scan_floor")
+    if not os.access(exe, os.X_OK):
+        print("  (no %s: `make bench` builds it; no floor for the verified scan)" % exe)
+        return None
+    p = subprocess.run([exe, path, "5"], capture_output=True, text=True)
+    if p.returncode != 0:
+        print("  scan_floor failed: %s" % p.stderr.strip().splitlines()[-1:])
+        return None
+    return json.loads(p.stdout.strip().splitlines()[-1])
+
+
 def run_one(kind, phase, tmp, args):
     """One phase of one contender in a process of its own: its result, or
     None (failed or skipped, said on stdout)."""
@@ -261,6 +282,7 @@ def main():
         return
 
     kinds = available()
+    floor = None
     tmp = tempfile.mkdtemp(prefix="oc-bench-store-", dir=args.dir)
     res = {k: {} for k in kinds}
     print("store benchmark: %d MiB float64, 2 MiB blocks/chunks, outcore RAM budget %s, in %s"
@@ -286,6 +308,8 @@ def main():
                         r = r if r["s"] < old["s"] else old
                         r["runs"], r["rss"] = runs, rss
                     res[k][phase] = r
+            if phase == "warm" and "numpy.memmap" in kinds:
+                floor = scan_floor(os.path.join(tmp, "data") + Memmap.suffix)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -326,6 +350,12 @@ def main():
         if phase in nv and phase in base:
             print("(verify off: %s scan %.2fx numpy.memmap)"
                   % (phase, base[phase]["s"] / nv[phase]["s"]))
+    if floor and "warm" in oc and "warm" in nv:
+        print("(what verification costs this machine, bench/scan_floor.c on the same page-cached"
+              " data with nothing of outcore: a sum %.3f s, a sum with every byte hashed on the"
+              " two cores %.3f s = %.2fx; outcore's warm scan verified / verify off: %.2fx)"
+              % (floor["sum"], floor["sum_hash"], floor["sum"] / floor["sum_hash"],
+                 nv["warm"]["s"] / oc["warm"]["s"]))
     if "create" in oc and "create" in zr:
         r = zr["create"]["s"] / oc["create"]["s"]
         target(r >= 1.0, "create+commit %.2fx zarr (target >= 1.0)" % r)
