@@ -6,22 +6,22 @@
  * does anything, for bench/bench_store.py (a helper it runs, not a
  * benchmark of its own: `make bench-c` does not run it).
  *
- *     scan_floor FILE [ROUNDS]
+ *     scan_floor FILE [ROUNDS [AHEAD]]
  *
  * Sums the float64 of FILE (page-cached by the caller) as outcore's reader
  * sees them: mapped 16 MiB at a time (MAP_SHARED, MAP_POPULATE) at 2 MiB-
  * aligned addresses, the oldest mappings dropped past 256 MiB.  Once alone
  * ("sum"), once with every byte hashed as the store's verification does
  * ("sum_hash"): XXH3 (outcore's _oc_xxh3) over 64 KiB units, claimed one
- * at a time by a second thread, which runs up to 64 blocks of 2 MiB ahead
- * of the mapped ones, and by the reader, which maps no block before it is
- * hashed and hashes the units it waits for itself.  Nothing of outcore's
- * core or store runs, and the two threads share the work with no more
- * than an atomic counter: what is left is the hardware's and the kernel's
- * share, two cores reading the same memory.  The two scans alternate for
- * ROUNDS rounds (default 5); prints the medians as one JSON line
- * {"sum": s, "sum_hash": s, "rounds": n, "value": the sum}.  Exits 0, or
- * 1 with a message on stderr.
+ * at a time by a second thread, which runs up to AHEAD blocks of 2 MiB
+ * (default 64, as the store's verifier) ahead of the mapped ones, and by
+ * the reader, which maps no block before it is hashed and hashes the
+ * units it waits for itself.  Nothing of outcore's core or store runs, and
+ * the two threads share the work with no more than an atomic counter:
+ * what is left is the hardware's and the kernel's share, two cores reading
+ * the same memory.  The two scans alternate for ROUNDS rounds (default 5);
+ * prints the medians as one JSON line {"sum": s, "sum_hash": s, "rounds":
+ * n, "value": the sum}.  Exits 0, or 1 with a message on stderr.
  */
 #include "internal.h" /* _oc_xxh3 */
 
@@ -43,11 +43,11 @@
 #define KEEP 128                  /* blocks kept mapped (256 MiB) */
 #define UNIT ((size_t)64 << 10)   /* a checksum unit */
 #define UPB (BLK / UNIT)          /* units per block */
-#define AHEAD 64                  /* the hashing thread's lead, in blocks */
 
 static int fd;
 static size_t nblk;
 static unsigned char *file;       /* the whole file, mapped for hashing */
+static long ahead = 64;           /* the hashing thread's lead, in blocks */
 static long mapped;               /* blocks the reader mapped; atomic */
 static long next_unit;            /* the next unit to claim; atomic */
 static unsigned *done;            /* units hashed, per block; atomic */
@@ -98,16 +98,17 @@ static bool hash_one(long below)
 	return true;
 }
 
-/* The verifier: hashes units up to AHEAD blocks past the mapped ones. */
+/* The verifier: hashes units up to `ahead` blocks past the mapped ones,
+ * and naps when it is that far ahead. */
 static void *hasher(void *arg)
 {
 	long all = (long)(nblk * UPB);
 
 	(void)arg;
 	while (__atomic_load_n(&next_unit, __ATOMIC_RELAXED) < all) {
-		long lim = (__atomic_load_n(&mapped, __ATOMIC_ACQUIRE) + AHEAD) * (long)UPB;
+		long lim = (__atomic_load_n(&mapped, __ATOMIC_ACQUIRE) + ahead) * (long)UPB;
 		if (!hash_one(lim < all ? lim : all))
-			sched_yield();
+			nanosleep(&(struct timespec){0, 20000}, NULL);
 	}
 	return NULL;
 }
@@ -169,8 +170,10 @@ int main(int argc, char **argv)
 	unsigned char *space;
 	struct stat st;
 
-	if (argc < 2 || rounds < 1 || rounds > 64) {
-		fprintf(stderr, "usage: scan_floor FILE [ROUNDS (1-64)]\n");
+	if (argc > 3)
+		ahead = atol(argv[3]);
+	if (argc < 2 || rounds < 1 || rounds > 64 || ahead < 1) {
+		fprintf(stderr, "usage: scan_floor FILE [ROUNDS (1-64) [AHEAD (blocks, >= 1)]]\n");
 		return 1;
 	}
 	fd = open(argv[1], O_RDONLY);
@@ -208,7 +211,7 @@ int main(int argc, char **argv)
 	}
 	qsort(t_sum, (size_t)rounds, sizeof t_sum[0], cmp);
 	qsort(t_hash, (size_t)rounds, sizeof t_hash[0], cmp);
-	printf("{\"sum\": %.4f, \"sum_hash\": %.4f, \"rounds\": %d, \"value\": %.17g}\n",
+	printf("{\"sum\": %.6f, \"sum_hash\": %.6f, \"rounds\": %d, \"value\": %.17g}\n",
 	       t_sum[rounds / 2], t_hash[rounds / 2], rounds, s1);
 	return 0;
 }
