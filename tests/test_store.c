@@ -626,7 +626,7 @@ static void test_corrupt_scan(const char *path, const char *copy)
 		oc_store_stats_t ss;
 		oc_fileh_t *fh;
 		uint64_t nbad = 0, wrong = 0;
-		unsigned char c;
+		unsigned char c = 0;
 		int fd;
 		copy_store(path, copy, to, sizeof to);
 		fd = open(to, O_RDWR);
@@ -842,7 +842,7 @@ static void test_deltas(const char *path, const char *copy)
 	 * the assembled block (byte 1000: page 0, not a delta page) */
 	{
 		char to[700];
-		unsigned char c;
+		unsigned char c = 0;
 		oc_fileh_t *fh;
 		copy_store(path, copy, to, sizeof to);
 		fd = open(to, O_RDWR);
@@ -1643,7 +1643,7 @@ static void test_bad_input(const char *path)
 static void test_unwritable(const char *path)
 {
 	pid_t pid;
-	int status;
+	int status = 0;
 
 	if (geteuid() != 0) {
 		printf("# not root: read-only open of an unwritable store not tested\n");
