@@ -165,11 +165,9 @@ build/bench/%: bench/%.c $(OBJS)
 	$(CC) $(TEST_CFLAGS) -O2 -MMD -MP -MT $@ -MF $@.d -o $@ $< $(OBJS) $(LDFLAGS) $(LIBS)
 
 # bench/bench_store.py's floor for a verified scan: a helper program (on
-# the library's objects for its XXH3), not a benchmark that bench-c runs.
+# the library's objects for its XXH3, by the rule above), not a benchmark
+# that bench-c runs (it is not a bench_*).
 SCAN_FLOOR = build/bench/scan_floor
-$(SCAN_FLOOR): bench/scan_floor.c $(OBJS)
-	@mkdir -p $(@D)
-	$(CC) $(TEST_CFLAGS) -O2 -MMD -MP -MT $@ -MF $@.d -o $@ $< $(OBJS) $(LDFLAGS) $(LIBS)
 
 # bench/bench_pg.py's baseline, the server's bulk COPY through libpq: a
 # helper program (libpq only), not a benchmark that bench-c runs.

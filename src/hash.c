@@ -25,7 +25,7 @@ uint64_t _oc_xxh3_lib(const void *p, size_t n)
 	return XXH3_64bits(p, n);
 }
 
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#ifdef OC_XXH3_AVX2
 /* xxhash.h again, inline (its names get an XXH_INLINE_ prefix), with every
  * function of this part compiled for AVX2: GCC's pragma also defines
  * __AVX2__, from which xxhash.h picks its AVX2 loop.  (clang has no such

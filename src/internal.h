@@ -57,6 +57,11 @@ uint64_t _oc_xxh3(const void *p, size_t n);
  * library's, for the tests that compare them. */
 const char *_oc_xxh3_impl(void);
 uint64_t _oc_xxh3_lib(const void *p, size_t n);
+/* Defined where hash.c builds an AVX2 copy of XXH3: GCC on x86-64, whose
+ * target pragma also defines __AVX2__ for xxhash.h (clang's does not). */
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define OC_XXH3_AVX2 1
+#endif
 
 /* Print a message to stderr with write(2) only (safe in a signal handler). */
 void _oc_msg(const char *fmt, ...) __attribute__((format(printf, 1, 2)));

@@ -339,9 +339,9 @@ void *_oc_page_park(struct page *p)
 	return park;
 }
 
-/* The base block after q in the LRU list if it continues a run of base
- * blocks mapped once each, at address a of q's mapping (NULL otherwise). */
-static struct page *run_next(struct page *q, uintptr_t a)
+/* The base block after q in the LRU list if it is mapped once, in q's
+ * mapping, step bytes after q (NULL otherwise): the next of a run. */
+static struct page *run_next(struct page *q, intptr_t step)
 {
 	struct page *n;
 
@@ -350,29 +350,28 @@ static struct page *run_next(struct page *q, uintptr_t a)
 	n = oc_container_of(q->lru.next, struct page, lru);
 	if (n->state != PAGE_BASE || n->nmaps != 1 || n->maps->cost != 1 ||
 	    n->maps->vma != q->maps->vma ||
-	    (uintptr_t)page_addr(n->maps->vma, n->blk) != a)
+	    (uintptr_t)page_addr(n->maps->vma, n->blk) !=
+		    (uintptr_t)page_addr(q->maps->vma, q->blk) + (uintptr_t)step)
 		return NULL;
 	return n;
 }
 
 unsigned _oc_page_run(struct page *p, unsigned max, uintptr_t *lo)
 {
-	size_t ps = p->fh->ram->pagesize;
-	uintptr_t a;
+	intptr_t step = (intptr_t)p->fh->ram->pagesize;
 	struct page *n;
 	unsigned k = 1;
-	intptr_t step;
 
 	if (p->state != PAGE_BASE || p->nmaps != 1 || p->maps->cost != 1)
 		return 1;
-	a = (uintptr_t)page_addr(p->maps->vma, p->blk);
 	/* a scan's read-ahead puts runs on the list in either order */
-	step = (intptr_t)ps;
-	if (!(n = run_next(p, a + ps)) && (n = run_next(p, a - ps)))
-		step = -(intptr_t)ps;
+	if (!(n = run_next(p, step)) && (n = run_next(p, -step)))
+		step = -step;
 	for (; n && k < max; k++)
-		n = run_next(n, a + (uintptr_t)((intptr_t)(k + 1) * step));
-	*lo = step > 0 ? a : a - (k - 1) * ps;
+		n = run_next(n, step);
+	*lo = (uintptr_t)page_addr(p->maps->vma, p->blk);
+	if (step < 0)
+		*lo -= (uintptr_t)(k - 1) * (uintptr_t)-step;
 	return k;
 }
 

@@ -51,8 +51,8 @@ int main(void)
 	}
 	CHECK(!strcmp(impl, "avx2") || !strcmp(impl, "libxxhash"),
 	      "implementation: %s", impl ? impl : "(null)");
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-	/* the build that has an AVX2 path (src/hash.c) */
+#ifdef OC_XXH3_AVX2
+	/* the build has an AVX2 path (src/hash.c) */
 	if (__builtin_cpu_supports("avx2"))
 		CHECK(!strcmp(impl, "avx2"), "the CPU has AVX2 and it is used");
 #else

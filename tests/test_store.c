@@ -989,6 +989,20 @@ static int delta_sum(const char *path, uint64_t blk, struct dsum *d)
 	return rc ? -1 : 0;
 }
 
+/* Close the store *s (and v, unless NULL; *s becomes NULL) and then sum
+ * its deltas: LMDB must not have the index open twice in one process.
+ * Whether delta_sum succeeded. */
+static bool close_sum(const char *path, oc_store_t **s, struct view *v,
+		      uint64_t blk, struct dsum *d)
+{
+	if (v)
+		view_close(v);
+	if (*s)
+		oc_store_close(*s);
+	*s = NULL;
+	return delta_sum(path, blk, d) == 0;
+}
+
 /* Turn the store at path into what version 3 wrote: delta runs in their
  * records, no arenas.  0 or -1. */
 static int to_version3(const char *path)
@@ -1094,10 +1108,7 @@ static void test_delta_space(const char *path, const char *copy)
 	      "arenas are reused", (unsigned long long)grew >> 10,
 	      160 * DN * 4);
 	CHECK(same(&v, model, DN), "delta space: data after the rounds");
-	/* (LMDB must not have the index open twice in a process: closed) */
-	view_close(&v);
-	oc_store_close(s);
-	ok = delta_sum(path, 4, &d) == 0;
+	ok = close_sum(path, &s, &v, 4, &d);
 	CHECK(ok && d.ext_pages == DN && d.inline_pages == 0 &&
 	      d.live == DN * 4096 && d.blk_off != 0 && d.version == 4,
 	      "runs in the data file, the arenas count them: %llu pages, %llu "
@@ -1144,10 +1155,7 @@ static void test_delta_space(const char *path, const char *copy)
 	close(p2[1]);
 
 	/* a corrupt delta run is caught by the block's checksums */
-	view_close(&v);
-	oc_store_close(s);
-	s = NULL;
-	ok = delta_sum(path, 4, &d) == 0;
+	ok = close_sum(path, &s, &v, 4, &d);
 	CHECK(ok && d.blk_off, "where block 4's run is");
 	copy_store(path, copy, to, sizeof to);
 	{
@@ -1186,10 +1194,7 @@ static void test_delta_space(const char *path, const char *copy)
 	CHECK_EQ(oc_store_commit(s), 0, "version 3: a delta commit");
 	CHECK(reopen(copy, &s, &v, "e", DN) == 0 && same(&v, model, DN),
 	      "version 3: data after the commit and a reopen");
-	view_close(&v);
-	oc_store_close(s);
-	s = NULL;
-	ok = delta_sum(copy, 4, &d) == 0;
+	ok = close_sum(copy, &s, &v, 4, &d);
 	CHECK(ok && d.inline_pages == 0 && d.ext_pages == 2 * DN &&
 	      d.live == 2 * DN * 4096 && d.version == 4,
 	      "old runs replaced by runs in the data file, version 4");
@@ -1198,9 +1203,7 @@ static void test_delta_space(const char *path, const char *copy)
 	s = sopen(copy, 0);
 	CHECK(s && oc_store_delete(s, "e") == 0 && oc_store_commit(s) == 0,
 	      "delete the array");
-	oc_store_close(s);
-	s = NULL;
-	ok = delta_sum(copy, 4, &d) == 0;
+	ok = close_sum(copy, &s, NULL, 4, &d);
 	CHECK(ok && d.ext_pages == 0 && d.live == 0 && d.arenas <= 1,
 	      "no runs, no arenas left but the current one (%llu)",
 	      (unsigned long long)d.arenas);
@@ -1268,10 +1271,7 @@ static void test_arena_handoff(const char *path)
 		ok &= oc_fileh_load(v.fh, b, 1) == 0;
 	CHECK(ok && same(&v, model, DN),
 	      "both processes' runs read back (none overwritten)");
-	view_close(&v);
-	oc_store_close(s);
-	s = NULL;
-	ok = delta_sum(path, 0, &d) == 0;
+	ok = close_sum(path, &s, &v, 0, &d);
 	CHECK(ok && d.ext_pages == 2 * DN && d.live == 2 * DN * 4096,
 	      "arenas count every run: %llu pages, %llu live bytes",
 	      (unsigned long long)d.ext_pages, (unsigned long long)d.live);
@@ -1309,10 +1309,7 @@ static void test_arena_split(const char *path)
 	for (b = 0; b < DN; b++)
 		ok &= oc_fileh_load(v.fh, b, 1) == 0;
 	CHECK(ok && same(&v, model, DN), "runs read back whole");
-	view_close(&v);
-	oc_store_close(s);
-	s = NULL;
-	ok = delta_sum(path, 0, &d) == 0;
+	ok = close_sum(path, &s, &v, 0, &d);
 	CHECK(ok && d.ext_pages == 3 * DN && d.live == 3 * DN * 4096 &&
 	      d.ext_runs > DN,
 	      "3 pages per block in the arenas, a run in two pieces: %llu pages "
@@ -1330,10 +1327,7 @@ static void test_arena_split(const char *path)
 	CHECK_EQ(oc_store_commit(s), 0, "fold block 0, zero block 1");
 	CHECK(reopen(path, &s, &v, "x", DN) == 0 && same(&v, model, DN),
 	      "arena split: data after the fold");
-	view_close(&v);
-	oc_store_close(s);
-	s = NULL;
-	ok = delta_sum(path, 0, &d) == 0;
+	ok = close_sum(path, &s, &v, 0, &d);
 	CHECK(ok && d.ext_pages == 3 * (DN - 2) && d.live == 3 * (DN - 2) * 4096,
 	      "the fold and the zeroed block freed their runs: %llu pages, %llu "
 	      "live bytes", (unsigned long long)d.ext_pages,
