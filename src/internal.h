@@ -255,7 +255,9 @@ void *_oc_ram_slot_addr(oc_ram_t *ram, uint64_t slot);
 int _oc_ram_warm_slot(oc_ram_t *ram, uint64_t slot);
 /* Every RAM (for fork handling and the map-count bound). */
 extern struct oc_list _oc_rams;
-/* Drop a ref from a handle (lock held). */
+/* Take / drop a ref for a handle or a store that uses the RAM: oc_ram_close
+ * refuses while any is held (lock held). */
+void _oc_ram_ref(oc_ram_t *ram);
 void _oc_ram_unref(oc_ram_t *ram);
 void _oc_ram_forget_in_child(void);
 
@@ -317,6 +319,10 @@ struct oc_fileh {
 	bool store_pending;    /* a STORE was not yet followed by MARKSTORED */
 	int nbusy;     /* pages busy with the lock released */
 };
+
+/* Whether oc_fileh_close would refuse fh now (-EBUSY: mappings, a
+ * writeout, pages busy; lock held). */
+bool _oc_fileh_busy(const oc_fileh_t *fh);
 
 struct oc_vma {
 	uintptr_t start, stop;

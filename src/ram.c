@@ -237,6 +237,11 @@ out:
 	return err;
 }
 
+void _oc_ram_ref(oc_ram_t *ram)
+{
+	ram->nfileh++;
+}
+
 void _oc_ram_unref(oc_ram_t *ram)
 {
 	OC_BUG_ON(ram->nfileh <= 0);

@@ -100,6 +100,7 @@ static int check_name(const char *name)
 
 static int check_meta(const oc_array_meta_t *m)
 {
+	uint64_t count = 1;
 	size_t n;
 
 	if (!m || m->ndim > OC_STORE_MAXDIM || !m->dtype)
@@ -111,10 +112,14 @@ static int check_meta(const oc_array_meta_t *m)
 		return -EINVAL;
 	if (m->order != 'C' && m->order != 'F')
 		return -EINVAL;
-	if (m->blksize < 4096 || (m->blksize & (m->blksize - 1)))
+	if (m->blksize < 4096 || m->blksize > OC_STORE_BLKSIZE_MAX ||
+	    (m->blksize & (m->blksize - 1)))
 		return -EINVAL;
+	/* The element count, as the byte count, must fit an int64 (the
+	 * itemsize is the caller's: dtype is its text). */
 	for (unsigned i = 0; i < m->ndim; i++)
-		if (m->shape[i] > INT64_MAX)
+		if (__builtin_mul_overflow(count, m->shape[i], &count) ||
+		    count > INT64_MAX)
 			return -EINVAL;
 	return 0;
 }
@@ -138,13 +143,18 @@ static uint64_t sa_id(struct sarray *sa)
 	return __atomic_load_n(&sa->id, __ATOMIC_ACQUIRE);
 }
 
+/* What the engine said (its error detail: a data file that ends before
+ * the block, say), or a checksum mismatch. */
 static void corrupt_msg(struct sarray *sa, uint64_t blk)
 {
-	_oc_msg("outcore: store: array '%s' block %llu: checksum mismatch: "
-		"the stored data is corrupt\n",
-		sa->name, (unsigned long long)blk);
-	oc_set_error_detail("array '%s' block %llu", sa->name,
-			    (unsigned long long)blk);
+	char why[256];
+
+	snprintf(why, sizeof why, "%s",
+		 oc_error_detail()[0] ? oc_error_detail() : "checksum mismatch");
+	_oc_msg("outcore: store: array '%s' block %llu: %s: the stored data "
+		"is corrupt\n", sa->name, (unsigned long long)blk, why);
+	oc_set_error_detail("array '%s' block %llu: %s", sa->name,
+			    (unsigned long long)blk, why);
 }
 
 /* Put the array and block in front of the engine's error detail (which
@@ -201,6 +211,7 @@ static int sa_mapblk(oc_file_t *f, uint64_t blk, int *fd, uint64_t *off)
 		return OC_ZEROBLK;
 	if (st->flags & OC_STORE_NOMAP)
 		return OC_NOMAP;
+	oc_set_error_detail(NULL);
 	err = st->ops->blk_map(st->eng, id, blk, f->blksize,
 			       !(st->flags & OC_STORE_NOVERIFY), fd, off);
 	if (err == OC_ECORRUPT)
@@ -302,27 +313,23 @@ static int sa_new(oc_store_t *st, const char *name, const oc_array_meta_t *meta,
 	return 0;
 }
 
-/* Drop every cached page of a handle (the array is gone). */
+/* Drop every cached page of a handle (the array is gone), dirty ones
+ * too: a batch of block numbers at a time, taken under the lock and
+ * invalidated without it. */
 static void invalidate_all(struct sarray *sa)
 {
-	uint64_t *blks = NULL, n = 0, cap = 0, k;
+	uint64_t blks[256], n, k = 0;
 
 	if (!sa->fh)
 		return;
-	_oc_lock();
-	for (k = 0; oc_pagemap_next(&sa->fh->pages, &k); k++) {
-		if (n == cap) {
-			uint64_t *nb = realloc(blks, (cap = cap * 2 + 64) * sizeof *nb);
-			if (!nb)
-				break;
-			blks = nb;
-		}
-		blks[n++] = k;
-	}
-	_oc_unlock();
-	for (k = 0; k < n; k++)
-		oc_fileh_invalidate(sa->fh, blks[k]);
-	free(blks);
+	do {
+		_oc_lock();
+		for (n = 0; n < 256 && oc_pagemap_next(&sa->fh->pages, &k); k++)
+			blks[n++] = k;
+		_oc_unlock();
+		for (uint64_t i = 0; i < n; i++)
+			(void)oc_fileh_invalidate(sa->fh, blks[i]);
+	} while (n == 256);
 }
 
 /* The live record of name: 0 and *out; OC_ENOTFOUND (also when deleted in
@@ -438,6 +445,9 @@ int oc_store_open(oc_store_t **out, const char *path, int flags, oc_ram_t *ram)
 		st->dev = sb.st_dev;
 		st->ino = sb.st_ino;
 	}
+	_oc_lock(); /* oc_ram_close refuses while the store is open */
+	_oc_ram_ref(ram);
+	_oc_unlock();
 	st->next_open = open_stores;
 	open_stores = st;
 	pthread_mutex_unlock(&open_mu);
@@ -449,16 +459,25 @@ int oc_store_close(oc_store_t *st)
 {
 	struct sarray *sa;
 	oc_store_t **pp;
+	bool busy = false;
 
 	if (!st)
 		return 0;
 	if (forked(st))
 		return 0; /* the parent's: forget it */
+	/* All or nothing: a handle closed before a busy one is found would
+	 * have lost its dirty pages, and its caller's pointer. */
+	_oc_lock();
+	for (sa = st->arrays; sa && !busy; sa = sa->next)
+		busy = sa->fh && _oc_fileh_busy(sa->fh);
+	_oc_unlock();
+	if (busy)
+		return -EBUSY;
 	for (sa = st->arrays; sa; sa = sa->next) {
 		if (sa->fh) {
 			int err = oc_fileh_close(sa->fh);
 			if (err)
-				return err;
+				return err; /* another thread mapped it meanwhile */
 			sa->fh = NULL;
 		}
 	}
@@ -474,6 +493,9 @@ int oc_store_close(oc_store_t *st)
 		}
 	pthread_mutex_unlock(&open_mu);
 	st->ops->close(st->eng);
+	_oc_lock();
+	_oc_ram_unref(st->ram);
+	_oc_unlock();
 	free(st->url);
 	free(st);
 	return 0;
@@ -712,10 +734,14 @@ static int renew(oc_store_t *st)
 		uint64_t id;
 		if (!sa->meta_stale)
 			continue;
+		err = st->ops->array_get(st->eng, sa->name, &id, &meta);
+		if (err && err != OC_ENOTFOUND)
+			return err; /* meta_stale stays: the next renew retries */
 		sa->meta_stale = false;
-		if (st->ops->array_get(st->eng, sa->name, &id, &meta) ||
-		    id != sa->id) {
+		if (err || id != sa->id) {
 			/* deleted (perhaps created again) by another process */
+			if (!err)
+				oc_array_meta_clear(&meta);
 			__atomic_store_n(&sa->id, 0, __ATOMIC_RELEASE);
 			sa->gone = true;
 			invalidate_all(sa);
@@ -748,6 +774,11 @@ int oc_store_commit(oc_store_t *st)
 		return -EINVAL;
 	if (forked(st))
 		return OC_EFORKED;
+	/* Writes into the handle of an array that is gone (through mappings
+	 * kept from before) have nowhere to go. */
+	for (sa = st->arrays; sa; sa = sa->next)
+		if (sa->gone && sa->fh && oc_fileh_isdirty(sa->fh) > 0)
+			invalidate_all(sa);
 	if (!has_changes(st)) {
 		err = renew(st);
 		if (err)
@@ -841,12 +872,20 @@ fail:
 int oc_store_abort(oc_store_t *st)
 {
 	struct sarray *sa, **pp;
+	bool busy = false;
 	int err;
 
 	if (!st)
 		return -EINVAL;
 	if (forked(st))
 		return OC_EFORKED;
+	/* All or nothing, as close. */
+	_oc_lock();
+	for (sa = st->arrays; sa && !busy; sa = sa->next)
+		busy = sa->fh && sa->fh->writeout;
+	_oc_unlock();
+	if (busy)
+		return -EBUSY;
 	for (sa = st->arrays; sa; sa = sa->next) {
 		if (sa->fh) {
 			err = oc_fileh_discard(sa->fh);

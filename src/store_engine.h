@@ -3,7 +3,7 @@
  * SPDX-License-Identifier: GPL-3.0-or-later WITH outcore-OSI-exception
  *
  * store_engine.h: the interface between the generic store layer (store.c)
- * and a storage engine (store_lmdb.c; later PostgreSQL).
+ * and a storage engine (store_lmdb.c, store_pg.c).
  *
  * The generic layer owns the arrays' files and handles, the local
  * metadata changes and the transaction logic; an engine owns the persistent
@@ -57,8 +57,8 @@ typedef struct oc_store_engine_ops {
 	void (*close)(void *eng);
 
 	/* ---- snapshot reads ---- */
-	/* Array by name: id, meta (strings malloc'd) and the engine's version
-	 * of its metadata.  OC_ENOTFOUND. */
+	/* Array by name: id and meta (strings malloc'd).  OC_ENOTFOUND, or
+	 * an engine error (which store.c does not take for "not found"). */
 	int (*array_get)(void *eng, const char *name, uint64_t *id,
 			 oc_array_meta_t *meta);
 	/* Name of array id into a malloc'd string.  OC_ENOTFOUND. */

@@ -206,6 +206,8 @@ struct lmdb_eng {
 				 * the page cache, not verified */
 	size_t vq_blksize;
 	uint64_t vbusy_off;     /* extent the thread is hashing (UINT64_MAX) */
+	uint64_t file_size;     /* the data file's size when last seen (atomic;
+				 * see in_file) */
 	uint64_t vseq;          /* bumped at each broadcast of vcond (vwait) */
 	struct vjob *vjob;      /* its units, while it hashes them (or NULL) */
 	uint64_t last_id, last_blk; /* the last block mapped */
@@ -901,6 +903,8 @@ static int map_extent(struct lmdb_eng *e, const struct blkrec *r,
 {
 	int err = _oc_os_map_file_ro(e->datafd, r->off, blksize, m);
 
+	if (err == -EIO)
+		oc_set_error_detail("the data file ends before the block");
 	return err == -EIO ? OC_ECORRUPT : err;
 }
 
@@ -1292,6 +1296,24 @@ again:
 	return err;
 }
 
+/* Whether [off, off+len) lies inside the data file: an unverified map of
+ * an extent past its end (a truncated file) would turn the reader's first
+ * touch into a SIGBUS instead of an error.  fstat only when the size last
+ * seen is too small. */
+static bool in_file(struct lmdb_eng *e, uint64_t off, size_t len)
+{
+	uint64_t size = __atomic_load_n(&e->file_size, __ATOMIC_RELAXED);
+	struct stat sb;
+
+	if (off + len <= size)
+		return true;
+	if (fstat(e->datafd, &sb) || sb.st_size < 0)
+		return false;
+	size = (uint64_t)sb.st_size;
+	__atomic_store_n(&e->file_size, size, __ATOMIC_RELAXED);
+	return off + len <= size;
+}
+
 static int eng_blk_map(void *p, uint64_t id, uint64_t blk, size_t blksize,
 		       int do_verify, int *fd, uint64_t *off)
 {
@@ -1316,6 +1338,11 @@ static int eng_blk_map(void *p, uint64_t id, uint64_t blk, size_t blksize,
 		return OC_NOMAP; /* to be assembled by blk_load */
 	if (do_verify && (err = verify_extent(e, &r, blksize, NULL, 0)))
 		return err;
+	if (!in_file(e, r.off, blksize)) {
+		oc_set_error_detail("the data file ends before the block");
+		CNT(e, n_corrupt);
+		return OC_ECORRUPT;
+	}
 	CNT(e, n_maps);
 	*fd = e->datafd;
 	*off = r.off;
@@ -2319,8 +2346,9 @@ static int eng_snapshot_renew(void *p,
 	MDB_cursor *c;
 	unsigned char kb[24];
 	MDB_val k = {24, kb}, v;
-	uint64_t new_id;
-	int rc;
+	uint64_t new_id, next_id, data_end;
+	uint32_t version;
+	int rc, err;
 
 	e->spare = NULL;
 	rc = n ? mdb_txn_renew(n) : mdb_txn_begin(e->env, NULL, MDB_RDONLY, &n);
@@ -2330,6 +2358,13 @@ static int eng_snapshot_renew(void *p,
 		return mdb_err(rc);
 	}
 	new_id = mdb_txn_id(n);
+	err = metarec_get(e, n, &version, &next_id, &data_end);
+	if (!err && version > FORMAT_VERSION)
+		err = OC_EVERSION; /* upgraded by a newer library meanwhile */
+	if (err) {
+		mdb_txn_abort(n);
+		return err;
+	}
 	rc = mdb_cursor_open(n, e->db_log, &c);
 	if (rc) {
 		mdb_txn_abort(n);

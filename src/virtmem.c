@@ -1331,11 +1331,16 @@ int oc_fileh_open(oc_fileh_t **out, oc_file_t *file, oc_ram_t *ram)
 	fh->writeout_gen = 1;
 	oc_file_get(file);
 	_oc_lock();
-	ram->nfileh++;
+	_oc_ram_ref(ram);
 	nfileh_open++;
 	_oc_unlock();
 	*out = fh;
 	return 0;
+}
+
+bool _oc_fileh_busy(const oc_fileh_t *fh)
+{
+	return fh->gen == _oc_gen && (fh->nvmas || fh->writeout || fh->nbusy);
 }
 
 int oc_fileh_close(oc_fileh_t *fh)
@@ -1351,7 +1356,7 @@ int oc_fileh_close(oc_fileh_t *fh)
 		_oc_unlock();
 		return 0; /* inherited across fork: forget it */
 	}
-	if (fh->nvmas || fh->writeout || fh->nbusy) {
+	if (_oc_fileh_busy(fh)) {
 		_oc_unlock();
 		return -EBUSY;
 	}

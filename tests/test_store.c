@@ -185,6 +185,40 @@ static void rm_tree(const char *d)
 		printf("# rm failed\n");
 }
 
+/* Give the store in dir a format version newer than this library's (as a
+ * later version of it would): 0 or an LMDB error.  Not in a process that
+ * has the store open (LMDB must not open an index twice in one process). */
+static int bump_format(const char *dir)
+{
+	MDB_env *env;
+	MDB_txn *t;
+	MDB_dbi d;
+	MDB_val k = {6, "format"}, v;
+	unsigned char rec[64];
+	char q[700];
+	int rc;
+
+	snprintf(q, sizeof q, "%s/index.mdb", dir);
+	rc = mdb_env_create(&env);
+	if (rc)
+		return rc;
+	mdb_env_set_maxdbs(env, 8);
+	mdb_env_set_mapsize(env, (size_t)256 << 20); /* fits valgrind */
+	rc = mdb_env_open(env, q, MDB_NOSUBDIR, 0644);
+	rc = rc ? rc : mdb_txn_begin(env, NULL, 0, &t);
+	rc = rc ? rc : mdb_dbi_open(t, "meta", 0, &d);
+	rc = rc ? rc : mdb_get(t, d, &k, &v);
+	if (!rc && v.mv_size <= sizeof rec) {
+		memcpy(rec, v.mv_data, v.mv_size);
+		rec[16] = 99;
+		v.mv_data = rec;
+		rc = mdb_put(t, d, &k, &v, 0);
+		rc = rc ? rc : mdb_txn_commit(t);
+	}
+	mdb_env_close(env);
+	return rc;
+}
+
 /* A child: fresh RAM and store of its own (nothing inherited is used). */
 static oc_store_t *child_open(const char *path)
 {
@@ -468,12 +502,15 @@ static void test_crash(const char *path)
 
 	if (rounds < 8)
 		rounds = 8;
+	CHECK(s, "open the crash store");
 	if (!s)
 		return;
-	oc_store_create(s, "ca", &m);
-	oc_store_create(s, "cb", &m);
-	if (view_open(s, "ca", CK, &a) || view_open(s, "cb", CK, &b))
+	CHECK(!oc_store_create(s, "ca", &m) && !oc_store_create(s, "cb", &m),
+	      "create the crash arrays");
+	if (view_open(s, "ca", CK, &a) || view_open(s, "cb", CK, &b)) {
+		CHECK(0, "view the crash arrays");
 		return;
+	}
 	for (uint64_t k = 0; k < CK; k++) {
 		crash_fill(&a, k, 2);
 		crash_fill(&b, k, 2);
@@ -1535,31 +1572,7 @@ static void test_bad_input(const char *path)
 	s = sopen(p, OC_STORE_CREATE);
 	CHECK(s, "create a store to make newer");
 	oc_store_close(s);
-	{
-		MDB_env *env;
-		MDB_txn *t;
-		MDB_dbi d;
-		MDB_val k = {6, "format"}, v;
-		unsigned char rec[64];
-		int rc;
-		path_of(q, sizeof q, "newer/index.mdb");
-		mdb_env_create(&env);
-		mdb_env_set_maxdbs(env, 8);
-		mdb_env_set_mapsize(env, (size_t)256 << 20); /* fits valgrind */
-		rc = mdb_env_open(env, q, MDB_NOSUBDIR, 0644);
-		rc = rc ? rc : mdb_txn_begin(env, NULL, 0, &t);
-		rc = rc ? rc : mdb_dbi_open(t, "meta", 0, &d);
-		rc = rc ? rc : mdb_get(t, d, &k, &v);
-		if (!rc && v.mv_size <= sizeof rec) {
-			memcpy(rec, v.mv_data, v.mv_size);
-			rec[16] = 99;
-			v.mv_data = rec;
-			rc = mdb_put(t, d, &k, &v, 0);
-			rc = rc ? rc : mdb_txn_commit(t);
-		}
-		mdb_env_close(env);
-		CHECK_EQ(rc, 0, "bump the format version");
-	}
+	CHECK_EQ(bump_format(p), 0, "bump the format version");
 	s = NULL;
 	CHECK_EQ(oc_store_open(&s, p, 0, ram), OC_EVERSION, "newer version: EVERSION");
 	oc_store_close(s);
@@ -1588,8 +1601,16 @@ static void test_bad_input(const char *path)
 	g.shape[0] = UINT64_MAX;
 	CHECK_EQ(oc_store_create(s, "x", &g), -EINVAL, "overflowing shape");
 	g = m;
+	g.ndim = 2;
+	g.shape[0] = g.shape[1] = INT64_MAX;
+	CHECK_EQ(oc_store_create(s, "x", &g), -EINVAL,
+		 "shape whose element count overflows");
+	g = m;
 	g.blksize = 5000;
 	CHECK_EQ(oc_store_create(s, "x", &g), -EINVAL, "bad block size");
+	g = m;
+	g.blksize = OC_STORE_BLKSIZE_MAX * 2;
+	CHECK_EQ(oc_store_create(s, "x", &g), -EINVAL, "block size past the maximum");
 	g = m;
 	g.blksize = BS * 2;
 	CHECK_EQ(oc_store_meta_set(s, "a", &g), -EINVAL, "block size change");
@@ -1630,6 +1651,111 @@ static void test_bad_input(const char *path)
 		}
 		oc_store_close(s);
 	}
+}
+
+/* What a store holds on to, and when: its RAM; every handle or none at a
+ * refused close; writes into the handle of a deleted array; an array that
+ * another process deleted and created again; a format upgraded by another
+ * process; a data file cut short, read without verification. */
+static void test_lifetimes(void)
+{
+	char p[600], q[700];
+	oc_store_t *s = NULL;
+	oc_ram_t *r2;
+	oc_array_meta_t m = meta1(2, NULL);
+	oc_fileh_t *fh = NULL;
+	struct view x, y, g;
+	pid_t pid;
+	int err, status = -1;
+
+	path_of(p, sizeof p, "life");
+	r2 = tf_ram(BS, 64 * BS, &err);
+	CHECK(r2 && !oc_store_open(&s, p, OC_STORE_CREATE, r2), "open with a RAM of its own");
+	if (!s)
+		return;
+	CHECK_EQ(oc_ram_close(r2), -EBUSY, "the store's RAM cannot be closed under it");
+	CHECK(!oc_store_create(s, "y", &m) && !oc_store_create(s, "x", &m) &&
+	      !oc_store_create(s, "g", &m) && !oc_store_create(s, "r", &m) &&
+	      !oc_store_commit(s), "create y, x, g, r");
+
+	/* y stays mapped; x (the newer record) has a dirty page, not mapped */
+	if (!view_open(s, "y", 2, &y) && !view_open(s, "x", 2, &x)) {
+		fh = x.fh;
+		fill(&x, 0, 42);
+		view_close(&x);
+		CHECK_EQ(oc_store_close(s), -EBUSY, "close with a mapping: EBUSY");
+		CHECK(!oc_store_array_fileh(s, "x", &x.fh) && x.fh == fh,
+		      "a refused close keeps every handle");
+		if (!view_open(s, "x", 2, &x)) {
+			CHECK(blk_is(&x, 0, 42), "and every dirty page");
+			view_close(&x);
+		}
+		view_close(&y);
+	}
+
+	/* writes into a deleted array's handle */
+	if (!view_open(s, "g", 2, &g)) {
+		CHECK(!oc_store_delete(s, "g") && !oc_store_commit(s), "delete g");
+		fill(&g, 1, 9);
+		CHECK_EQ(oc_fileh_isdirty(g.fh), 1, "a write into deleted g");
+		CHECK_EQ(oc_store_commit(s), 0, "commit");
+		CHECK_EQ(oc_fileh_isdirty(g.fh), 0, "the write is dropped at commit");
+		CHECK(blk_is(&g, 1, 0), "g reads as zeros");
+		view_close(&g);
+	}
+	CHECK(!oc_store_array_fileh(s, "r", &fh), "r's handle");
+
+	/* another process deletes r and creates it again */
+	pid = check_fork();
+	if (pid == 0) {
+		oc_store_t *c = child_open(p);
+		int bad = !c || oc_store_delete(c, "r") || oc_store_create(c, "r", &m) ||
+			  oc_store_commit(c);
+		oc_store_close(c);
+		_exit(bad);
+	}
+	CHECK(pid > 0 && waitpid(pid, &status, 0) == pid && WIFEXITED(status) &&
+	      WEXITSTATUS(status) == 0, "another process creates r again");
+	CHECK_EQ(oc_store_commit(s), 0, "a new snapshot");
+	CHECK(!oc_store_array_fileh(s, "r", &g.fh) && g.fh != fh,
+	      "r is the new array, with a new handle");
+	CHECK(!oc_store_array_fileh(s, "x", &x.fh) && !view_open(s, "x", 2, &x) &&
+	      blk_is(&x, 0, 42), "x committed");
+	view_close(&x);
+
+	/* another process upgrades the format */
+	pid = check_fork();
+	if (pid == 0)
+		_exit(bump_format(p) != 0);
+	CHECK(pid > 0 && waitpid(pid, &status, 0) == pid && WIFEXITED(status) &&
+	      WEXITSTATUS(status) == 0, "another process bumps the format");
+	CHECK_EQ(oc_store_commit(s), OC_EVERSION, "the next snapshot: EVERSION");
+	CHECK_EQ(oc_store_abort(s), OC_EVERSION, "abort too");
+	CHECK_EQ(oc_store_close(s), 0, "close");
+	CHECK_EQ(oc_ram_close(r2), 0, "the RAM closes after the store");
+
+	/* a data file cut short, read without verification */
+	path_of(p, sizeof p, "cut");
+	s = sopen(p, OC_STORE_CREATE);
+	CHECK(s && !oc_store_create(s, "t", &m), "a store to cut");
+	if (!s)
+		return;
+	if (!view_open(s, "t", 2, &x)) {
+		fill(&x, 0, 5);
+		fill(&x, 1, 6);
+		CHECK_EQ(oc_store_commit(s), 0, "commit t");
+		view_close(&x);
+	}
+	oc_store_close(s);
+	snprintf(q, sizeof q, "%s/data", p);
+	CHECK_EQ(truncate(q, 0), 0, "cut the data file");
+	s = sopen(p, OC_STORE_NOVERIFY);
+	CHECK(s && !oc_store_array_fileh(s, "t", &fh), "open it without verification");
+	if (!s)
+		return;
+	CHECK_EQ(oc_fileh_load(fh, 1, 1), OC_ECORRUPT,
+		 "a block past the data file's end: ECORRUPT, not a SIGBUS");
+	oc_store_close(s);
 }
 
 /* Read-only open of a store the user may not write: a child that runs as
@@ -1693,6 +1819,7 @@ int main(void)
 	test_corrupt_scan(p, c);
 	test_bad_input(p);
 	test_unwritable(p);
+	test_lifetimes();
 	path_of(p, sizeof p, "deltas");
 	path_of(c, sizeof c, "deltascopy");
 	test_deltas(p, c);

@@ -28,7 +28,12 @@
  *            pages and metadata changes are kept, and the store is in the
  *            failed state: every call that reads or changes it returns
  *            OC_EFAILED until oc_store_abort() or a successful retry of
- *            oc_store_commit().
+ *            oc_store_commit().  One exception: the transaction is
+ *            durable but the next snapshot could not be taken (an engine
+ *            or server error right after the commit, or OC_EVERSION).
+ *            Commit then returns that error and leaves the store failed
+ *            with no local change left: abort (or a retry of commit,
+ *            which writes nothing again) takes the snapshot.
  *   abort    drops every local change (dirty pages and metadata).
  *   after    commit or abort, a new snapshot begins; blocks that other
  *            processes committed since the old snapshot are dropped from the
@@ -42,14 +47,21 @@
  * fault the core then stops the process as for any load error (see
  * virtmem.h; use oc_fileh_load or oc_prefault to get the error back).
  *
- * Engines.  The store format and engine are chosen by oc_store_open(); the
- * default (and today only) engine keeps a store in a directory: index.mdb
+ * Engines.  The store format and engine are chosen by oc_store_open(): a
+ * postgresql:// URL names a PostgreSQL server (store_pg.c), any other path
+ * a directory.  The directory engine (LMDB) keeps there index.mdb
  * (an LMDB database: arrays, block index, free space, change log, where
  * page deltas are, format version) and data (block extents, page-aligned,
  * mapped with no copy, and the page deltas).  A block of which few 4 KiB
  * pages changed is stored as those pages (deltas) over its old extent; such
  * a block is served by copying (loadblk) until enough changes accumulate
- * and it is written whole again to a fresh extent ("folded").
+ * and it is written whole again to a fresh extent ("folded").  A read-only
+ * open of a store the user may not write (no lock file can be made) reads
+ * without an entry in LMDB's reader table: writers in other processes may
+ * then reuse extents its snapshot still shows, which it reports as corrupt
+ * blocks (OC_ECORRUPT; without verification it may read the newer data).
+ * Readers that need isolation from concurrent writers need write access
+ * to the lock file.
  *
  * Processes and threads.  A process opens a given store at most once at a
  * time (a second open gives -EBUSY).  A child made by fork() must not use
@@ -58,7 +70,9 @@
  * serialises them); the arrays' memory may be touched from any thread
  * meanwhile, except during oc_store_commit, where the rule of virtmem.h
  * holds: pages must not be modified between the store and the mark of a
- * writeout.  No call is async-signal-safe.  The Python binding releases
+ * writeout.  No call is async-signal-safe.  Every call returns -EINVAL
+ * for a NULL store or a NULL pointer it needs (oc_store_close accepts
+ * NULL); the lists below give the other codes.  The Python binding releases
  * the GIL around oc_store_commit.
  */
 #ifndef OUTCORE_STORE_H
@@ -83,6 +97,7 @@ typedef struct oc_store oc_store_t;
 #define OC_STORE_NAME_MAX 255    /* bytes of an array name */
 #define OC_STORE_DTYPE_MAX 65536 /* bytes of a dtype string */
 #define OC_STORE_ATTRS_MAX (1u << 20) /* bytes of the attributes text */
+#define OC_STORE_BLKSIZE_MAX ((uint64_t)1 << 30) /* bytes of a block */
 
 /* Metadata of an array.  The store does not interpret dtype or attrs: the
  * binding does (dtype: NumPy's dtype.str, e.g. "<f8", or a structured
@@ -92,10 +107,11 @@ typedef struct oc_store oc_store_t;
  * who frees them with oc_array_meta_clear(). */
 typedef struct oc_array_meta {
 	unsigned ndim;                     /* 0..OC_STORE_MAXDIM */
-	uint64_t shape[OC_STORE_MAXDIM];   /* each <= INT64_MAX */
+	uint64_t shape[OC_STORE_MAXDIM];   /* their product <= INT64_MAX */
 	char *dtype;                       /* non-empty, NUL-terminated */
 	char order;                        /* 'C' or 'F' */
-	uint64_t blksize;                  /* power of two >= 4096; 0: the
+	uint64_t blksize;                  /* power of two, 4096 ..
+					    * OC_STORE_BLKSIZE_MAX; 0: the
 					    * store's RAM page size */
 	char *attrs;                       /* NULL: "{}" */
 } oc_array_meta_t;
@@ -103,9 +119,11 @@ typedef struct oc_array_meta {
 /* Free the strings of a meta filled by oc_store_meta_get and zero them. */
 OC_API void oc_array_meta_clear(oc_array_meta_t *meta);
 
-/* Open (or with OC_STORE_CREATE create) the store at path (a directory).
+/* Open (or with OC_STORE_CREATE create) the store at path (a directory, or
+ * a postgresql:// URL: see store_pg.c for what it holds).
  * ram: the RAM of the arrays' handles (NULL: the default RAM of 2 MiB
- * pages); the store takes a reference by way of its handles.
+ * pages); the store holds a reference to it until oc_store_close()
+ * (oc_ram_close gives -EBUSY meanwhile).
  * Returns 0 and *out, or:
  *   -EINVAL      bad flags (RDONLY with CREATE, unknown bits), NULL args;
  *   OC_ENOTSTORE path is not an outcore store (no index, or an index that
@@ -120,8 +138,8 @@ OC_API int oc_store_open(oc_store_t **out, const char *path, int flags,
 
 /* Close the store: local changes that were not committed are dropped.
  * Returns 0, or -EBUSY if an array handle still has mappings (the store
- * stays open and usable; unmap first).  NULL is accepted.  In a forked
- * child it only forgets the object. */
+ * stays open and usable, every handle and change as it was; unmap first).
+ * NULL is accepted.  In a forked child it only forgets the object. */
 OC_API int oc_store_close(oc_store_t *st);
 
 /* Create array name with meta in the current transaction.  Returns 0, or:
@@ -161,7 +179,9 @@ OC_API int oc_store_names(oc_store_t *st,
 
 /* The file handle of array name, opened on first use on the store's RAM.
  * The store owns it (do not close it): it lives until oc_store_close(),
- * across commits and aborts, even if the array is deleted.  Map it with
+ * across commits and aborts, even if the array is deleted (it then reads
+ * as zeros, and what is written into it is dropped at the next commit or
+ * abort).  Map it with
  * oc_fileh_mmap; block b of the array is block b of the handle.  Writeout
  * happens only through oc_store_commit (a writeout of the handle by hand
  * fails with -EPERM).  Returns 0 and *out, or OC_ENOTFOUND, OC_EBLKSIZE
@@ -185,9 +205,10 @@ OC_API int oc_store_array_fileh(oc_store_t *st, const char *name,
 OC_API int oc_store_commit(oc_store_t *st);
 
 /* Abort the transaction: drop every local change and start a new
- * snapshot.  Clears the failed state.  Returns 0, or OC_ESTOREIO when no
- * new snapshot could be taken (the store is then failed), -EBUSY during a
- * writeout, OC_EFORKED. */
+ * snapshot.  Clears the failed state.  Returns 0, or OC_ESTOREIO (or
+ * OC_EVERSION) when no new snapshot could be taken (the store is then
+ * failed), -EBUSY during a writeout (nothing dropped), -EINVAL (NULL),
+ * OC_EFORKED. */
 OC_API int oc_store_abort(oc_store_t *st);
 
 /* Counters of one store (they only grow) and gauges. */
@@ -224,7 +245,7 @@ typedef struct oc_store_stats {
 				 * 0 for the LMDB store */
 } oc_store_stats_t;
 
-/* Fill *stats.  Returns 0, OC_EFORKED. */
+/* Fill *stats.  Returns 0, -EINVAL (NULL argument), OC_EFORKED. */
 OC_API int oc_store_stats(oc_store_t *st, oc_store_stats_t *stats);
 
 #ifdef __cplusplus
