@@ -1137,6 +1137,7 @@ typedef struct {
 	Py_ssize_t nvma;  /* live VMA objects */
 	size_t blksize;
 	int borrowed;     /* a store's handle: the store closes it, not us */
+	int readonly;     /* of a read-only store: its buffers are too */
 	PyObject *weakreflist;
 } FileHObject;
 
@@ -1168,6 +1169,8 @@ static PyObject *fileh_new(BigFileObject *file, RAMObject *ram,
 	o->nvma = 0;
 	o->blksize = file->file->blksize;
 	o->borrowed = 0;
+	o->readonly = 0; /* a read-only PlainFile's pages may be written:
+			  * they are never stored (copy on write) */
 	o->weakreflist = NULL;
 	file->nhandles++;
 	PyObject_GC_Track(o);
@@ -1520,8 +1523,11 @@ static int VMA_getbuffer(VMAObject *self, Py_buffer *view, int flags)
 		view->obj = NULL;
 		return -1;
 	}
+	/* Read-only for a read-only store: an ndarray over it then cannot be
+	 * made writeable (flags.writeable = True raises). */
 	if (PyBuffer_FillInfo(view, (PyObject *)self, oc_vma_addr(self->vma),
-			      (Py_ssize_t)oc_vma_len(self->vma), 0, flags) < 0)
+			      (Py_ssize_t)oc_vma_len(self->vma),
+			      self->fileh->readonly, flags) < 0)
 		return -1;
 	self->exports++;
 	return 0;
@@ -2017,6 +2023,20 @@ static PyObject *Store_delete(StoreObject *self, PyObject *args)
 	Py_RETURN_NONE;
 }
 
+static PyObject *Store_truncate(StoreObject *self, PyObject *args)
+{
+	const char *name;
+	unsigned long long nblk;
+	if (!PyArg_ParseTuple(args, "sK:truncate", &name, &nblk))
+		return NULL;
+	if (store_check(self))
+		return NULL;
+	int err = oc_store_truncate(self->st, name, (uint64_t)nblk);
+	if (err)
+		return raise_code(err, "Store.truncate('%s', %llu)", name, nblk);
+	Py_RETURN_NONE;
+}
+
 static int names_cb(const char *name, void *arg)
 {
 	PyObject *s = PyUnicode_DecodeUTF8(name, (Py_ssize_t)strlen(name),
@@ -2101,6 +2121,7 @@ static PyObject *Store_array_fileh(StoreObject *self, PyObject *args)
 	o->nvma = 0;
 	o->blksize = oc_fileh_file(fh)->blksize;
 	o->borrowed = 1;
+	o->readonly = (self->flags & OC_STORE_RDONLY) != 0;
 	o->weakreflist = NULL;
 	PyObject_GC_Track(o);
 	wr = PyWeakref_NewRef((PyObject *)o, NULL);
@@ -2236,6 +2257,10 @@ static PyMethodDef Store_methods[] = {
 	{"delete", (PyCFunction)Store_delete, METH_VARARGS,
 	 "delete(name)\n\nDelete an array in this transaction.  Its FileH "
 	 "stays valid and reads as zeros once the delete is committed."},
+	{"truncate", (PyCFunction)Store_truncate, METH_VARARGS,
+	 "truncate(name, nblk)\n\nAt commit, delete the array's blocks from "
+	 "nblk on and drop what this transaction wrote there (no RAM, no "
+	 "reads: see oc_store_truncate)."},
 	{"meta_get", (PyCFunction)Store_meta_get, METH_VARARGS,
 	 "meta_get(name) -> dict\n\nThe metadata as this transaction sees "
 	 "it: shape (tuple), dtype, order, blksize, attrs (JSON text)."},

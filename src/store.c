@@ -37,8 +37,11 @@ struct sarray {
 	uint64_t new_id;       /* assigned during a commit */
 	oc_array_meta_t meta;  /* as this transaction sees it */
 	bool created, deleted, meta_dirty, gone, meta_stale;
+	uint64_t trunc;        /* oc_store_truncate: blocks kept (NO_TRUNC) */
 	oc_fileh_t *fh;
 };
+
+#define NO_TRUNC UINT64_MAX
 
 struct oc_store {
 	const oc_store_engine_ops_t *ops;
@@ -245,6 +248,8 @@ static int sa_storeblk(oc_file_t *f, uint64_t blk, const void *buf)
 
 	if (st->committing != sa)
 		return -EPERM; /* only oc_store_commit writes */
+	if (blk >= sa->trunc)
+		return 0; /* cut off: deleted by txn_truncate */
 	return st->ops->txn_block(st->eng, sa->id ? sa->id : sa->new_id, blk,
 				  f->blksize, buf);
 }
@@ -255,7 +260,7 @@ static int sa_storeblk_part(oc_file_t *f, uint64_t blk, const void *buf,
 	struct sarray *sa = (struct sarray *)f;
 	oc_store_t *st = sa->st;
 
-	if (!st->ops->txn_block_part)
+	if (!st->ops->txn_block_part || blk >= sa->trunc)
 		return sa_storeblk(f, blk, buf);
 	if (st->committing != sa)
 		return -EPERM; /* only oc_store_commit writes */
@@ -307,18 +312,19 @@ static int sa_new(oc_store_t *st, const char *name, const oc_array_meta_t *meta,
 	}
 	sa->st = st;
 	sa->id = id;
+	sa->trunc = NO_TRUNC;
 	sa->next = st->arrays;
 	st->arrays = sa;
 	*out = sa;
 	return 0;
 }
 
-/* Drop every cached page of a handle (the array is gone), dirty ones
- * too: a batch of block numbers at a time, taken under the lock and
- * invalidated without it. */
-static void invalidate_all(struct sarray *sa)
+/* Drop every cached page of a handle from block k on (the array is gone,
+ * or was cut short), dirty ones too: a batch of block numbers at a time,
+ * taken under the lock and invalidated without it. */
+static void invalidate_from(struct sarray *sa, uint64_t k)
 {
-	uint64_t blks[256], n, k = 0;
+	uint64_t blks[256], n;
 
 	if (!sa->fh)
 		return;
@@ -330,6 +336,11 @@ static void invalidate_all(struct sarray *sa)
 		for (uint64_t i = 0; i < n; i++)
 			(void)oc_fileh_invalidate(sa->fh, blks[i]);
 	} while (n == 256);
+}
+
+static void invalidate_all(struct sarray *sa)
+{
+	invalidate_from(sa, 0);
 }
 
 /* The live record of name: 0 and *out; OC_ENOTFOUND (also when deleted in
@@ -607,6 +618,21 @@ int oc_store_meta_set(oc_store_t *st, const char *name, const oc_array_meta_t *m
 	return 0;
 }
 
+int oc_store_truncate(oc_store_t *st, const char *name, uint64_t nblk)
+{
+	struct sarray *sa;
+	int err = writable(st);
+
+	if (err)
+		return err;
+	if (check_name(name))
+		return OC_ENOTFOUND;
+	err = lookup(st, name, &sa);
+	if (!err)
+		sa->trunc = nblk;
+	return err;
+}
+
 static int name_cmp(const void *a, const void *b)
 {
 	return strcmp(*(char *const *)a, *(char *const *)b);
@@ -759,7 +785,7 @@ static bool has_changes(oc_store_t *st)
 		if (sa->gone)
 			continue;
 		if (sa->created || sa->deleted || sa->meta_dirty ||
-		    (sa->fh && oc_fileh_isdirty(sa->fh)))
+		    sa->trunc != NO_TRUNC || (sa->fh && oc_fileh_isdirty(sa->fh)))
 			return true;
 	}
 	return false;
@@ -819,6 +845,13 @@ int oc_store_commit(oc_store_t *st)
 		err = oc_fileh_writeout(sa->fh, OC_WRITEOUT_STORE);
 		st->committing = NULL;
 	}
+	/* Arrays cut short: what is stored past their end goes (one created
+	 * in this transaction has nothing stored). */
+	for (sa = st->arrays; sa && !err; sa = sa->next)
+		if (!sa->gone && !sa->deleted && !sa->created &&
+		    sa->trunc != NO_TRUNC)
+			err = st->ops->txn_truncate(st->eng, sa->id, sa->trunc,
+						    (size_t)sa->meta.blksize);
 	if (err) {
 		st->ops->txn_abort(st->eng);
 		goto fail;
@@ -849,6 +882,11 @@ int oc_store_commit(oc_store_t *st)
 		sa->meta_dirty = false;
 		if (sa->fh)
 			oc_fileh_writeout(sa->fh, OC_WRITEOUT_MARKSTORED);
+		if (sa->trunc != NO_TRUNC) {
+			/* cached pages there show what is no longer stored */
+			invalidate_from(sa, sa->trunc);
+			sa->trunc = NO_TRUNC;
+		}
 	}
 	st->failed = false;
 	st->n_commits++;
@@ -894,6 +932,7 @@ int oc_store_abort(oc_store_t *st)
 		}
 	}
 	for (sa = st->arrays; sa; sa = sa->next) {
+		sa->trunc = NO_TRUNC;
 		if (sa->gone)
 			continue;
 		if (sa->created) {

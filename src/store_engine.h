@@ -111,6 +111,13 @@ typedef struct oc_store_engine_ops {
 			       size_t blksize, int verify, size_t granule,
 			       int *fd, uint64_t *off, void *buf,
 			       uint32_t *changed);
+
+	/* In the write transaction: delete every stored block of array id
+	 * from block nblk on (an array cut short), as txn_block of zeros
+	 * would for each, conflicts included, in a time that grows with the
+	 * blocks stored there, not with their numbers. */
+	int (*txn_truncate)(void *eng, uint64_t id, uint64_t nblk,
+			    size_t blksize);
 } oc_store_engine_ops_t;
 
 extern const oc_store_engine_ops_t _oc_store_lmdb;
@@ -139,6 +146,12 @@ static inline void _oc_put_be32(unsigned char *p, uint32_t v)
 {
 	for (int i = 3; i >= 0; i--, v >>= 8)
 		p[i] = (unsigned char)v;
+}
+
+static inline uint32_t _oc_get_be32(const unsigned char *p)
+{
+	return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 |
+	       (uint32_t)p[2] << 8 | p[3];
 }
 
 static inline void _oc_put_le64(unsigned char *p, uint64_t v)

@@ -85,6 +85,7 @@
 #include <lmdb.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <dirent.h>
 #include <sys/stat.h>
 #include <unistd.h>
 #include <xxhash.h>
@@ -366,6 +367,31 @@ static int env_open(struct lmdb_eng *e, const char *index, unsigned flags)
 	}
 }
 
+/* Whether directory path may become a store: empty, or holding only what
+ * a creation cut short left (a data file, LMDB's lock file).  0,
+ * OC_ENOTSTORE (other files: a store is not made among them), -errno. */
+static int only_ours(const char *path)
+{
+	DIR *d = opendir(path);
+	struct dirent *de;
+	int err = 0;
+
+	if (!d)
+		return -errno;
+	while (!err && (de = readdir(d))) {
+		if (strcmp(de->d_name, ".") && strcmp(de->d_name, "..") &&
+		    strcmp(de->d_name, "data") &&
+		    strcmp(de->d_name, "index.mdb-lock")) {
+			oc_set_error_detail("%s holds other files and no store: "
+					    "a store is made only in an empty "
+					    "or new directory", path);
+			err = OC_ENOTSTORE;
+		}
+	}
+	closedir(d);
+	return err;
+}
+
 static int eng_open(void **out, const char *path, int flags)
 {
 	struct lmdb_eng *e;
@@ -413,6 +439,9 @@ static int eng_open(void **out, const char *path, int flags)
 			err = errno == ENOENT ? OC_ENOTSTORE : -errno;
 			goto fail;
 		}
+		err = only_ours(path);
+		if (err)
+			goto fail;
 		fresh = true;
 	}
 	rc = env_open(e, index, eflags);
@@ -1571,8 +1600,11 @@ static int ids_get(struct lmdb_eng *e, uint64_t id, MDB_val *name)
 	return mdb_err(rc);
 }
 
-/* Drop every block of array id (free the extents, log the blocks). */
-static int drop_blocks(struct lmdb_eng *e, uint64_t id, uint64_t blksize)
+/* Drop the blocks of array id from block from on (free the extents, drop
+ * the deltas, log the blocks); a block another process changed since our
+ * snapshot is a conflict when check is set. */
+static int drop_blocks(struct lmdb_eng *e, uint64_t id, uint64_t from,
+		       uint64_t blksize, bool check)
 {
 	MDB_cursor *c;
 	unsigned char kb[16];
@@ -1582,25 +1614,36 @@ static int drop_blocks(struct lmdb_eng *e, uint64_t id, uint64_t blksize)
 	rc = mdb_cursor_open(e->w, e->db_blocks, &c);
 	if (rc)
 		return mdb_err(rc);
-	blk_key(kb, id, 0);
+	blk_key(kb, id, from);
 	for (rc = mdb_cursor_get(c, &k, &v, MDB_SET_RANGE); !rc && !err;
 	     rc = mdb_cursor_get(c, &k, &v, MDB_NEXT)) {
 		/* After a delete MDB_NEXT returns the item that moved under
 		 * the cursor. */
-		uint64_t blk;
+		uint64_t blk, ndelta;
 		if (k.mv_size != 16 || _oc_get_be64(k.mv_data) != id)
 			break;
+		if (v.mv_size < 24) {
+			err = OC_ECORRUPT;
+			break;
+		}
 		blk = _oc_get_be64((unsigned char *)k.mv_data + 8);
+		ndelta = v.mv_size >= 32 ? _oc_get_le64((unsigned char *)v.mv_data + 24) : 0;
+		if (check && changed_by_others(e, id, blk)) {
+			err = OC_ECONFLICT;
+			break;
+		}
 		err = free_put(e, _oc_get_le64(v.mv_data), blksize);
 		if (!err)
 			err = log_put(e, id, blk);
+		if (!err && ndelta && from)
+			err = deltas_drop(e, id, blk, false);
 		if (!err)
 			err = mdb_err(mdb_cursor_del(c, 0));
 	}
 	if (!err && rc && rc != MDB_NOTFOUND)
 		err = mdb_err(rc);
 	mdb_cursor_close(c);
-	if (!err)
+	if (!err && !from)
 		err = deltas_drop(e, id, 0, true);
 	return err;
 }
@@ -1689,7 +1732,7 @@ static int eng_txn_array(void *p, enum oc_se_change what, uint64_t id,
 			if (!err)
 				err = mdb_err(mdb_del(e->w, e->db_ids, &k, NULL));
 			if (!err)
-				err = drop_blocks(e, id, bs);
+				err = drop_blocks(e, id, 0, bs, false);
 		} else {
 			err = _oc_se_meta_encode(id, e->w_id, meta, &rec, &len);
 			if (err)
@@ -2296,6 +2339,22 @@ static int eng_txn_block(void *p, uint64_t id, uint64_t blk, size_t blksize,
 	return txn_block(p, id, blk, blksize, buf, 0, 0);
 }
 
+static int eng_txn_truncate(void *p, uint64_t id, uint64_t nblk,
+			    size_t blksize)
+{
+	struct lmdb_eng *e = p;
+
+	OC_BUG_ON(!e->w);
+	if (changed_by_others(e, id, OC_SE_META)) {
+		/* Deleted (or recreated) meanwhile? */
+		MDB_val nm;
+		int err = ids_get(e, id, &nm);
+		if (err)
+			return err == OC_ENOTFOUND ? OC_ECONFLICT : err;
+	}
+	return drop_blocks(e, id, nblk, blksize, true);
+}
+
 static int eng_txn_block_part(void *p, uint64_t id, uint64_t blk,
 			      size_t blksize, const void *buf, uint32_t changed,
 			      size_t granule)
@@ -2435,4 +2494,5 @@ const oc_store_engine_ops_t _oc_store_lmdb = {
 	.snapshot_renew = eng_snapshot_renew,
 	.stats = eng_stats,
 	.txn_block_part = eng_txn_block_part,
+	.txn_truncate = eng_txn_truncate,
 };

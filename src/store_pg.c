@@ -504,9 +504,7 @@ static int check_format(PGconn *c)
 		   PQgetlength(r, 0, 1) != 4) {
 		err = OC_ENOTSTORE;
 	} else {
-		const unsigned char *v = (const unsigned char *)PQgetvalue(r, 0, 1);
-		uint32_t f = (uint32_t)v[0] << 24 | (uint32_t)v[1] << 16 |
-			     (uint32_t)v[2] << 8 | v[3];
+		uint32_t f = _oc_get_be32((const unsigned char *)PQgetvalue(r, 0, 1));
 		if (f > FORMAT_VERSION)
 			err = OC_EVERSION;
 	}
@@ -1229,12 +1227,19 @@ static int eng_txn_begin(void *p)
 	e->in_w = true;
 	/* The writer lock: held to COMMIT. */
 	r = q(e->wc, "UPDATE outcore_meta SET seq = seq + 1 WHERE id = 1"
-		     " RETURNING seq, next_id, txid_current()", 0, NULL, NULL, &err);
+		     " RETURNING seq, next_id, txid_current(), format",
+	      0, NULL, NULL, &err);
 	if (!r)
 		goto fail;
-	if (PQntuples(r) != 1) {
+	if (PQntuples(r) != 1 || PQgetlength(r, 0, 3) != 4) {
 		PQclear(r);
 		err = OC_ENOTSTORE;
+		goto fail;
+	}
+	if (_oc_get_be32((const unsigned char *)PQgetvalue(r, 0, 3)) >
+	    FORMAT_VERSION) {
+		PQclear(r);
+		err = OC_EVERSION; /* upgraded by a newer library meanwhile */
 		goto fail;
 	}
 	e->w_id = val64(r, 0, 0);
@@ -1690,6 +1695,48 @@ static void eng_stats(void *p, oc_store_stats_t *s)
 	s->snapshot = e->snap_id;
 }
 
+static int eng_txn_truncate(void *p, uint64_t id, uint64_t nblk,
+			    size_t blksize)
+{
+	struct pg_eng *e = p;
+	unsigned char b[24];
+	const char *vals[3] = {(char *)b, (char *)b + 8, (char *)b + 16};
+	const int lens[3] = {8, 8, 8};
+	int err;
+
+	(void)blksize;
+	OC_BUG_ON(!e->in_w);
+	for (size_t i = 0; i < e->nchanged; i++)
+		if (e->changed[i].id == id && e->changed[i].blk >= nblk &&
+		    e->changed[i].blk != OC_SE_META)
+			return OC_ECONFLICT;
+	/* The connection runs one command at a time. */
+	if (e->copying && (err = copy_end(e)))
+		return err;
+	if (changed_by_others(e, id, OC_SE_META) && e->w_exists_id != id) {
+		err = w_exists(e, id); /* deleted (or recreated) meanwhile? */
+		if (err)
+			return err == OC_ENOTFOUND ? OC_ECONFLICT : err;
+		e->w_exists_id = id;
+	}
+	if (nblk > INT64_MAX)
+		return 0; /* no block is stored that far */
+	_oc_put_be64(b, id);
+	_oc_put_be64(b + 8, e->w_id);
+	_oc_put_be64(b + 16, nblk);
+	err = cmd(e->wc, "INSERT INTO outcore_log SELECT $2::int8, array_id, blk"
+			 " FROM outcore_blocks"
+			 " WHERE array_id = $1::int8 AND blk >= $3::int8",
+		  3, vals, lens);
+	if (!err) {
+		const char *v2[2] = {vals[0], vals[2]};
+		err = cmd(e->wc, "DELETE FROM outcore_blocks"
+				 " WHERE array_id = $1::int8 AND blk >= $2::int8",
+			  2, v2, lens);
+	}
+	return err;
+}
+
 const oc_store_engine_ops_t _oc_store_pg = {
 	.version = OC_STORE_ENGINE_VERSION,
 	.name = "postgresql",
@@ -1707,4 +1754,5 @@ const oc_store_engine_ops_t _oc_store_pg = {
 	.txn_abort = eng_txn_abort,
 	.snapshot_renew = eng_snapshot_renew,
 	.stats = eng_stats,
+	.txn_truncate = eng_txn_truncate,
 };

@@ -1553,6 +1553,23 @@ static void test_bad_input(const char *path)
 	path_of(p, sizeof p, "emptydir");
 	mkdir(p, 0755);
 	CHECK_EQ(oc_store_open(&s, p, 0, ram), OC_ENOTSTORE, "an empty directory: ENOTSTORE");
+	path_of(q, sizeof q, "emptydir/notes.txt");
+	fd = open(q, O_CREAT | O_WRONLY, 0644);
+	CHECK(fd >= 0 && write(fd, "mine", 4) == 4, "a user's file in a directory");
+	close(fd);
+	CHECK_EQ(oc_store_open(&s, p, OC_STORE_CREATE, ram), OC_ENOTSTORE,
+		 "CREATE among other files: ENOTSTORE");
+	path_of(q, sizeof q, "emptydir/index.mdb");
+	CHECK(access(q, F_OK) != 0, "and nothing made there");
+	path_of(q, sizeof q, "emptydir/notes.txt");
+	unlink(q);
+	path_of(q, sizeof q, "emptydir/data");
+	fd = open(q, O_CREAT | O_WRONLY, 0644);
+	close(fd);
+	s = NULL;
+	CHECK_EQ(oc_store_open(&s, p, OC_STORE_CREATE, ram), 0,
+		 "CREATE where a creation left only its data file");
+	oc_store_close(s);
 	path_of(p, sizeof p, "missing");
 	CHECK_EQ(oc_store_open(&s, p, 0, ram), -ENOENT, "missing: ENOENT");
 	CHECK_EQ(oc_store_open(&s, p, OC_STORE_RDONLY | OC_STORE_CREATE, ram), -EINVAL,
@@ -1758,6 +1775,89 @@ static void test_lifetimes(void)
 	oc_store_close(s);
 }
 
+/* oc_store_truncate: what is cut goes at commit, without loading it, and
+ * what this transaction wrote there goes too; a block there that another
+ * process changed is a conflict; abort forgets the cut. */
+static void test_truncate(const char *path)
+{
+	oc_store_t *s = sopen(path, OC_STORE_CREATE);
+	oc_array_meta_t m = meta1(8, NULL);
+	struct view t, u;
+	uint64_t before;
+	pid_t pid;
+	int ok, status = -1;
+
+	CHECK(s && !oc_store_create(s, "t", &m) && !oc_store_create(s, "u", &m),
+	      "a store to cut");
+	if (!s || view_open(s, "t", 8, &t) || view_open(s, "u", 8, &u)) {
+		oc_store_close(s);
+		return;
+	}
+	for (uint64_t k = 0; k < 8; k++) {
+		fill(&t, k, 10 + k);
+		fill(&u, k, 20 + k);
+	}
+	CHECK_EQ(oc_store_commit(s), 0, "commit t and u, 8 blocks each");
+
+	CHECK_EQ(oc_store_truncate(s, "t", 1), 0, "cut t at 1");
+	CHECK_EQ(oc_store_abort(s), 0, "abort");
+	CHECK_EQ(oc_store_commit(s), 0, "commit");
+	CHECK(blk_is(&t, 1, 11) && blk_is(&t, 7, 17), "abort forgot the cut");
+
+	view_close(&t);
+	oc_ram_reclaim(ram, UINT64_MAX); /* t's pages leave RAM */
+	if (view_open(s, "t", 8, &t))
+		goto out;
+	fill(&t, 5, 99); /* loads block 5, then dirties it */
+	before = ram_brings();
+	m = meta1(3, NULL);
+	CHECK(!oc_store_meta_set(s, "t", &m) && !oc_store_truncate(s, "t", 3),
+	      "t shrinks to 3 blocks");
+	CHECK_EQ(oc_store_commit(s), 0, "commit the cut");
+	CHECK_EQ(ram_brings(), before, "the cut loaded nothing");
+	ok = 1;
+	for (uint64_t k = 3; k < 8; k++)
+		ok &= blk_is(&t, k, 0);
+	CHECK(ok, "blocks 3-7 read as zeros, the write into 5 dropped");
+	CHECK(blk_is(&t, 0, 10) && blk_is(&t, 2, 12), "blocks 0-2 kept");
+	view_close(&u); /* a mapping keeps a store from closing */
+	if (reopen(path, &s, &t, "t", 8))
+		goto out;
+	ok = 1;
+	for (uint64_t k = 3; k < 8; k++)
+		ok &= blk_is(&t, k, 0);
+	CHECK(ok && blk_is(&t, 2, 12), "after reopening too");
+	view_close(&t);
+	if (view_open(s, "u", 8, &u))
+		goto out;
+
+	/* another process changes block 6 of u after our snapshot */
+	pid = check_fork();
+	if (pid == 0) {
+		oc_store_t *c = child_open(path);
+		struct view cu;
+		int bad = !c || view_open(c, "u", 8, &cu);
+		if (!bad) {
+			fill(&cu, 6, 66);
+			bad = oc_store_commit(c) != 0;
+			view_close(&cu);
+		}
+		oc_store_close(c);
+		_exit(bad);
+	}
+	CHECK(pid > 0 && waitpid(pid, &status, 0) == pid && WIFEXITED(status) &&
+	      WEXITSTATUS(status) == 0, "another process writes u's block 6");
+	CHECK_EQ(oc_store_truncate(s, "u", 4), 0, "cut u at 4");
+	CHECK_EQ(oc_store_commit(s), OC_ECONFLICT, "a changed block past the cut: ECONFLICT");
+	CHECK_EQ(oc_store_abort(s), 0, "abort");
+	CHECK(blk_is(&u, 6, 66) && blk_is(&u, 5, 25), "u as the other process left it");
+	CHECK(!oc_store_truncate(s, "u", 4) && !oc_store_commit(s) &&
+	      blk_is(&u, 6, 0) && blk_is(&u, 3, 23), "the cut again, on the new snapshot");
+	view_close(&u);
+out:
+	oc_store_close(s);
+}
+
 /* Read-only open of a store the user may not write: a child that runs as
  * nobody (only possible when the test runs as root). */
 static void test_unwritable(const char *path)
@@ -1820,6 +1920,8 @@ int main(void)
 	test_bad_input(p);
 	test_unwritable(p);
 	test_lifetimes();
+	path_of(p, sizeof p, "truncate");
+	test_truncate(p);
 	path_of(p, sizeof p, "deltas");
 	path_of(c, sizeof c, "deltascopy");
 	test_deltas(p, c);

@@ -128,7 +128,9 @@ OC_API void oc_array_meta_clear(oc_array_meta_t *meta);
  *   -EINVAL      bad flags (RDONLY with CREATE, unknown bits), NULL args;
  *   OC_ENOTSTORE path is not an outcore store (no index, or an index that
  *                is not ours), or is missing without OC_STORE_CREATE
- *                (-ENOENT when path itself does not exist);
+ *                (-ENOENT when path itself does not exist); with
+ *                OC_STORE_CREATE, a directory that holds other files (a
+ *                store is made only in a new or empty directory);
  *   OC_EVERSION  written by a newer format version;
  *   -EBUSY       this process has the store open already;
  *   OC_ESTOREIO  an engine error; -errno from the file system.
@@ -169,6 +171,19 @@ OC_API int oc_store_meta_get(oc_store_t *st, const char *name,
  * OC_EFAILED, OC_EFORKED, -ENOMEM. */
 OC_API int oc_store_meta_set(oc_store_t *st, const char *name,
 			     const oc_array_meta_t *meta);
+
+/* Cut array name short at commit: every block from nblk on is deleted
+ * from the store (and reads as zeros from then on), and what this
+ * transaction wrote there is dropped.  For an array whose size shrank
+ * (the store does not know the item size: dtype is the caller's text):
+ * zero the rest of the block that holds the new end first.  It costs
+ * neither RAM nor reads, however much is cut.  Until the commit, cached
+ * pages there still show what they showed.  The last call of the
+ * transaction counts; abort forgets it.  Returns 0, or OC_ENOTFOUND,
+ * OC_EREADONLY, OC_EFAILED, OC_EFORKED, -ENOMEM, OC_ESTOREIO; a block
+ * there that another process changed since the snapshot makes the commit
+ * fail with OC_ECONFLICT. */
+OC_API int oc_store_truncate(oc_store_t *st, const char *name, uint64_t nblk);
 
 /* Call cb(name, arg) for every array of this transaction, in byte order of
  * the names.  A nonzero return of cb stops the walk and is returned.
