@@ -37,6 +37,15 @@ __all__ = ["BigArray"]
 # A BigArray larger than this is never mapped whole (the core refuses
 # ranges past 2**63 bytes; NumPy cannot index past intp anyway).
 _MAX_WHOLE = 1 << 62
+# No array may end past this byte (file offsets are signed 64-bit).
+_MAX_NBYTES = (1 << 63) - 1
+
+
+def _error(cls, code, msg):
+    """An exception of an outcore class with its code, as the core raises."""
+    e = cls(msg)
+    e.code = code
+    return e
 
 
 def _normshape(shape):
@@ -463,6 +472,11 @@ class BigArray:
             raise ValueError(
                 "resize: only the major axis (%d) may change: %r -> %r"
                 % (m, self._shape, newshape))
+        end = self._offset + math.prod(newshape) * self.itemsize
+        if end > _MAX_NBYTES:
+            raise _error(_core.InvalidArgument, -75,
+                         "resize: shape %r of %s ends at byte %d: past "
+                         "2**63-1" % (newshape, self._dtype, end))
         old_shape, old_nbytes = self._shape, self.nbytes
         self._shape = newshape
         new_nbytes = self.nbytes

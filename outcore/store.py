@@ -33,10 +33,11 @@ How metadata are kept: dtype as NumPy's ``dtype.str`` ("<f8"), or for a
 structured dtype the JSON text of its ``descr``; attrs as JSON text.
 
 Shrinking.  The store keeps no data past an array's end: at commit, the
-bytes between a shrunk array's end and its former end are zeroed (so those
-blocks are deleted), which dirties them in RAM until the commit; before the
-commit, views of the cut part still alias the old data as for any
-BigArray.
+blocks after a shrunk array's end block are deleted from the store, with
+no RAM and no reads however much was cut (oc_store_truncate), and the rest
+of the end block is zeroed; what views taken before wrote past the end is
+dropped too.  Before the commit, views of the cut part still alias the old
+data as for any BigArray.
 
 Pickling a StoreArray gives a reference (store path, array name): unpickling
 it in another process opens the store there (once per process, see
@@ -59,7 +60,7 @@ import numpy
 import numpy.lib.format as _npformat
 
 from . import _core
-from .bigarray import BigArray, _normshape
+from .bigarray import BigArray, _MAX_NBYTES, _error, _normshape
 
 __all__ = ["open", "Store", "StoreArray"]
 
@@ -72,14 +73,6 @@ _ref_stores = {}
 # They close when the last view goes; an open() of the same path meanwhile
 # takes the core store over (its changes were dropped at close).
 _deferred = {}
-
-_MAX_NBYTES = (1 << 63) - 1
-
-
-def _error(cls, code, msg):
-    e = cls(msg)
-    e.code = code
-    return e
 
 
 # ---- metadata text ----------------------------------------------------------
@@ -187,8 +180,10 @@ def open(path, ram=None, readonly=False, *, verify=True):
     check block checksums when blocks are first used.
 
     Errors: :class:`outcore.StoreError` for a path that is not an outcore
-    store, :class:`outcore.NotFoundError` for a missing store opened
-    read-only, :class:`outcore.BusyError` if this process has it open.
+    store (a store is created only in a new or empty directory, not among
+    other files), :class:`outcore.NotFoundError` for a missing store opened
+    read-only, :class:`outcore.BusyError` if this process has it open,
+    :class:`outcore.InvalidArgument` for an empty path.
     """
     return Store(path, ram=ram, readonly=readonly, verify=verify)
 
@@ -202,6 +197,9 @@ class Store:
         path = os.fspath(path)
         if isinstance(path, bytes):
             path = os.fsdecode(path)
+        if not path:
+            # abspath would make it the current directory
+            raise _error(_core.InvalidArgument, -22, "empty store path")
         self._path = path if _is_url(path) else os.path.abspath(path)
         self._readonly = bool(readonly)
         self._verify = bool(verify)
@@ -236,6 +234,13 @@ class Store:
         self._pid = os.getpid()
         self._arrays = weakref.WeakValueDictionary()  # name -> StoreArray
         self._pending = set()   # arrays shrunk in this transaction
+        # The handles of the arrays made here -> their names, for commit to
+        # find data written past an array's end.  Held, not weak: views
+        # write into a handle after its StoreArray is gone, and its dirty
+        # pages outlive the FileH object too (the C store owns the handles
+        # until it closes anyway).
+        self._handles = {}
+        self._failed = False    # mirrors the C store's failed state
         self._gen = 0           # bumped when arrays may have changed
         self._txn = 0           # bumped when a transaction ends
         _open_stores[self._key()] = self
@@ -367,10 +372,11 @@ class Store:
         return a
 
     def __contains__(self, name):
+        st = self._core()         # closed: raise, not "no such name"
         if not isinstance(name, str):
             return False
         try:
-            self._core().meta_get(name)
+            st.meta_get(name)
         except _core.NotFoundError:
             return False
         except ValueError:        # an embedded NUL: no such name
@@ -410,10 +416,33 @@ class Store:
         changed; :class:`outcore.ReadOnlyError` for changes to a read-only
         store; :class:`outcore.StoreError` for storage errors.  On any error
         nothing is written and the changes are kept: only :meth:`abort` or
-        another commit() is accepted.
+        another commit() is accepted.  Other changes raise StoreError until
+        then, except writes through ndarray views taken from the arrays,
+        which nothing can stop: a retry of commit() stores them.
         """
         st = self._core()
-        # the store keeps no data past an array's end (see the module doc)
+        self._zero_past_ends()
+        try:
+            st.commit()
+        except _core.Error as e:
+            # store.h: any error but OC_EFORKED leaves the store failed (an
+            # error without a code is the binding's: nothing was tried)
+            if getattr(e, "code", None) not in (None, _core.OC_EFORKED):
+                self._failed = True
+            raise
+        self._failed = False
+        self._end_txn()
+
+    def _zero_past_ends(self):
+        """The store keeps no data past an array's end (see the module doc).
+        An array shrunk in this transaction, or with dirty blocks past its
+        end (written through a view taken when it was longer), is cut at
+        its end block: the C store deletes what is stored after it and
+        drops what was written there, with no RAM and no reads
+        (oc_store_truncate); the rest of the end block is zeroed here (one
+        block of RAM)."""
+        st = self._st
+        cut = {}                     # name -> (array, whether shrunk)
         for a in list(self._pending):
             if a._fileh.closed or a._nbytes() >= a._hwm:
                 continue
@@ -421,14 +450,51 @@ class Store:
                 a._sync()
             except _core.NotFoundError:
                 continue
-            a._zero_bytes(a._nbytes(), a._hwm)
-        st.commit()
-        self._end_txn()
+            cut[a._name] = a
+        for fh, name in list(self._handles.items()):
+            if name in cut or fh.closed or not fh.isdirty():
+                continue
+            try:
+                a = self._arrays.get(name)
+                if a is not None and a._fileh is fh:
+                    a._sync()
+                elif st.array_fileh(name) is fh:
+                    a = self[name]
+                else:
+                    continue    # the name was created again
+            except _core.NotFoundError:
+                continue        # gone: the C store drops its pages
+            except _core.Error as e:
+                # created again with another block size; or, after a failed
+                # commit, an array with no live object cannot be read (the
+                # attempt that failed cut what was dirty then)
+                if getattr(e, "code", None) not in (_core.OC_EBLKSIZE,
+                                                    _core.OC_EFAILED):
+                    raise
+                continue
+            end, bs = a._nbytes(), fh.blksize
+            if any((blk + 1) * bs > end for blk in fh.dirty_pages()):
+                cut[name] = a
+        for name, a in cut.items():
+            end, bs = a._nbytes(), a._fileh.blksize
+            keep = -(-end // bs)
+            if end % bs and (a._hwm > end or
+                             keep - 1 in a._fileh.dirty_pages()):
+                a._zero_bytes(end, keep * bs)
+            st.truncate(name, keep)
 
     def abort(self):
         """Drop every local change (data, metadata, creates, deletes) and
         begin a new transaction."""
-        self._core().abort()
+        st = self._core()
+        try:
+            st.abort()
+        except _core.Error as e:
+            # store.h: only -EBUSY and OC_EFORKED leave the state as it was
+            if getattr(e, "code", None) not in (None, -16, _core.OC_EFORKED):
+                self._failed = True
+            raise
+        self._failed = False
         self._end_txn()
 
     def _end_txn(self):
@@ -498,6 +564,7 @@ class Store:
             a._detach()
         self._arrays.clear()
         self._pending.clear()
+        self._handles.clear()   # the core store closes with its last view
         self._st = None
         if _open_stores.get(self._key()) is self:
             del _open_stores[self._key()]
@@ -548,6 +615,7 @@ class StoreArray(BigArray):
         self._closed = False
         super().__init__(meta["shape"], dtype, fileh, meta["order"])
         self._readonly = db.readonly
+        db._handles[fileh] = name
 
     @staticmethod
     def _meta_dtype(name, meta):
@@ -641,6 +709,11 @@ class StoreArray(BigArray):
             raise _error(_core.ReadOnlyError, _core.OC_EREADONLY,
                          "array %r: the store %s is open read-only"
                          % (self._name, _shown(self._db._path)))
+        if self._db._failed:
+            # the C store refuses resize, attrs, create then; data writes
+            # do not pass through it, so they are refused here
+            raise _error(_core.StoreError, _core.OC_EFAILED, "array %r: %s"
+                         % (self._name, _core.strerror(_core.OC_EFAILED)))
         super().__setitem__(index, value)
 
     def resize(self, newshape):

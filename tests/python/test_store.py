@@ -329,6 +329,75 @@ def test_commit_persists_resize_append_attrs(path):
         assert (A[0] == 1).all() and (A[1:] == 0).all()
 
 
+def test_writes_past_the_end_through_stale_views_are_not_kept(path):
+    """A view taken while the array was longer still writes past its end in
+    later transactions: commit keeps none of that (what is inside the end
+    stays), whether the array and the view are still referenced or not."""
+    n = 3 * F8_PER_BLK
+    want = numpy.zeros(n)
+    want[3] = 4
+    with store(path, ram="64MiB") as db:
+        A = db.create("a", (n,), "<f8")
+        db.commit()
+        w = A[...]
+        A.resize((10,))
+        db.commit()
+        w[3] = 4                         # inside the end: kept
+        w[11] = 7                        # the tail of the end's block
+        w[F8_PER_BLK + 5] = 8            # a block wholly past the end
+        w[-1] = 9
+        db.commit()
+        A.resize((n,))
+        assert (A[...] == want).all()
+        db.commit()
+        # the handle's only references die before the commit
+        w = A[...]
+        A.resize((10,))
+        db.commit()
+        w[-1] = 9
+        del w, A
+        gc.collect()
+        db.commit()
+    with store(path, ram="64MiB") as db:
+        A = db["a"]
+        assert A.shape == (10,)
+        A.resize((n,))
+        assert (A[...] == want).all()
+
+
+def test_shrinking_far_past_ram_costs_no_ram(path):
+    """Cutting an array 16 times the RAM budget down to a few items loads
+    nothing and dirties one block: the blocks past the end are deleted by
+    the store (oc_store_truncate), not zeroed in RAM."""
+    n = 64 * F8_PER_BLK                  # 128 MiB of 2 MiB blocks
+    with store(path, ram="8MiB") as db:
+        A = db.create("a", (n,), "<f8")
+        for i in range(0, n, F8_PER_BLK):
+            A[i:i + F8_PER_BLK] = i + 1.0
+            if i % (4 * F8_PER_BLK) == 0:
+                db.commit()
+        db.commit()
+    with store(path, ram="8MiB") as db:
+        A = db["a"]
+        before = db.stats()
+        A.resize((F8_PER_BLK + 10,))     # the end in block 1
+        db.commit()
+        after = db.stats()
+        assert after["loads"] - before["loads"] <= 1   # the end block
+        assert after["dirty_bytes"] == 0
+        assert after["ram_used"] <= 8 << 20
+        A.resize((n,))
+        assert A[F8_PER_BLK + 9] == 1.0 + F8_PER_BLK and A[F8_PER_BLK + 10] == 0
+        assert not A[2 * F8_PER_BLK:].any()
+        db.abort()
+    with store(path, ram="8MiB") as db:
+        A = db["a"]
+        assert A.shape == (F8_PER_BLK + 10,)
+        assert A[0] == 1.0 and A[-1] == 1.0 + F8_PER_BLK
+        A.resize((n,))
+        assert not A[F8_PER_BLK + 10:].any()
+
+
 def test_arrays_and_views_stay_valid_across_commit_and_abort(path):
     db = store(path)
     A = db.create("a", (3 * F8_PER_BLK,), "<f8")
@@ -505,6 +574,29 @@ def test_bad_input_changes_nothing(path):
     assert snapshot_files(path) == before
 
 
+def test_resize_past_2_63_bytes_changes_nothing(path):
+    with store(path) as db:
+        A = db.create("a", (10,), "<f8")
+        A[:] = 1
+        B = db.create("b", (2, 3), "<f8", order="F")
+        db.commit()
+        for arr, shape in ((A, (2**62,)), (A, (2**64,)), (B, (2, 2**61))):
+            with pytest.raises(outcore.InvalidArgument,
+                               match=r"%s.*past 2\*\*63" % (shape[-1],)) as ei:
+                arr.resize(shape)
+            assert ei.value.code == -75
+        assert A.shape == (10,) and (A[...] == 1).all() and B.shape == (2, 3)
+        db.commit()
+    with store(path) as db:
+        assert db["a"].shape == (10,) and (db["a"][...] == 1).all()
+        assert db["b"].shape == (2, 3)
+    # a plain BigArray is held to the same limit
+    P = outcore.BigArray((10,), "<f8", outcore.MemFile(BS).fileh_open())
+    with pytest.raises(outcore.InvalidArgument, match="past 2"):
+        P.resize((2**62,))
+    assert P.shape == (10,)
+
+
 def test_opening_what_is_not_a_store(engine, tmp_path, request):
     if engine == "lmdb":
         not_a_store_lmdb(tmp_path)
@@ -557,6 +649,16 @@ def not_a_store_pg(srv):
     pg_server.psql(url, "UPDATE outcore_meta SET format = 99")
     with pytest.raises(outcore.StoreError, match="unsupported version"):
         outcore.open(url)
+    # ... upgraded while open: the next commit refuses to write
+    url = new_database(srv)
+    with outcore.open(url, ram="64MiB") as db:
+        A = db.create("a", 10, "u1")
+        db.commit()
+        pg_server.psql(url, "UPDATE outcore_meta SET format = 99")
+        A[0] = 1
+        with pytest.raises(outcore.StoreError, match="unsupported version"):
+            db.commit()
+        db.abort()
     # a database without a store, opened read-only: refused, left alone
     url = new_database(srv)
     pg_server.psql(url, "CREATE TABLE mine (a int)")
@@ -584,6 +686,10 @@ def test_readonly_store_refuses_writes(path):
             A[0, 0] = 1
         with pytest.raises(ValueError):
             A[...][0, 0] = 1             # views are read-only too
+        v = A[...]
+        with pytest.raises(ValueError):
+            v.flags.writeable = True     # and stay so: the buffer is
+        assert numpy.frombuffer(v.base, numpy.uint8).flags.writeable is False
         with pytest.raises(outcore.ReadOnlyError):
             A.append(numpy.zeros((1, F8_PER_BLK)))
         with pytest.raises(outcore.ReadOnlyError):
@@ -619,6 +725,24 @@ def test_open_twice_in_one_process_and_close(path):
     gc.collect()
     with store(path) as db:              # uncommitted create was dropped
         assert db.names() == []
+
+
+def test_closed_store_refuses_membership_tests(path):
+    db = store(path)
+    db.create("a", 3, "u1")
+    db.close()
+    for name in ("a", "z", "a\0"):
+        with pytest.raises(outcore.InvalidArgument, match="closed"):
+            name in db
+
+
+def test_open_empty_path_creates_nothing(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for p in ("", b""):
+        with pytest.raises(outcore.InvalidArgument, match="empty") as ei:
+            outcore.open(p)
+        assert ei.value.code == -22
+    assert os.listdir(tmp_path) == []
 
 
 def test_reopen_while_views_of_a_closed_store_live(path):
@@ -669,6 +793,42 @@ def test_failed_commit_keeps_changes_until_abort(path, peers):
                 A[5] = 6
                 p("db.commit()")
         assert A[5] == 5 and db.names() == ["a"]
+
+
+def test_failed_commit_refuses_array_changes_until_abort(path, peers):
+    with store(path) as db:
+        db.create("a", (2 * F8_PER_BLK,), "<f8")
+        db.commit()
+        A = db["a"]
+        p = peers()
+        p(f"db = outcore.open({path!r}); A = db['a']; A[0] = 1; db.commit()")
+        A[0] = 2
+        v = A[...]
+        with pytest.raises(outcore.ConflictError):
+            db.commit()
+        for change in (lambda: A.__setitem__(1, 9),
+                       lambda: A.__setitem__(slice(None), 9),
+                       lambda: A.append(numpy.ones(3)),
+                       lambda: A.resize((5,))):
+            with pytest.raises(outcore.StoreError,
+                               match="'a'.*abort it first") as ei:
+                change()
+            assert ei.value.code == outcore._core.OC_EFAILED
+            with pytest.raises(outcore.ConflictError):
+                db.commit()              # a retry is accepted (and fails)
+        assert A[0] == 2 and A[1] == 0
+        v[1] = 5                         # a view's memory cannot refuse
+        assert A[1] == 5
+        del A, change
+        gc.collect()
+        with pytest.raises(outcore.ConflictError):
+            db.commit()                  # a dirty handle without its array
+        db.abort()
+        A = db["a"]
+        assert A[0] == 1 and A[1] == 0
+        A[1] = 9                         # accepted again
+        db.commit()
+        assert A[1] == 9
 
 
 # ---- two processes ----------------------------------------------------------------
