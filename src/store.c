@@ -217,8 +217,7 @@ static int sa_mapblk(oc_file_t *f, uint64_t blk, int *fd, uint64_t *off)
 	oc_set_error_detail(NULL);
 	err = st->ops->blk_map(st->eng, id, blk, f->blksize,
 			       !(st->flags & OC_STORE_NOVERIFY), fd, off);
-	if (err == OC_ECORRUPT)
-		corrupt_msg(sa, blk);
+	report_err(sa, blk, err);
 	return err;
 }
 

@@ -89,6 +89,22 @@ int _oc_se_change_cmp(const void *a, const void *b)
 	return x->blk < y->blk ? -1 : x->blk > y->blk;
 }
 
+bool _oc_se_changed_from(const struct oc_se_blkref *set, size_t n,
+			 uint64_t id, uint64_t blk, bool meta)
+{
+	struct oc_se_blkref lo = {id, blk};
+	size_t a = 0, b = n;
+
+	while (a < b) { /* the first entry >= (id, blk) */
+		size_t m = a + (b - a) / 2;
+		if (_oc_se_change_cmp(&set[m], &lo) < 0)
+			a = m + 1;
+		else
+			b = m;
+	}
+	return a < n && set[a].id == id && (meta || set[a].blk != OC_SE_META);
+}
+
 bool _oc_se_changed(const struct oc_se_blkref *set, size_t n, uint64_t id,
 		    uint64_t blk)
 {

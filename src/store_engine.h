@@ -199,5 +199,9 @@ struct oc_se_blkref {
 int _oc_se_change_cmp(const void *a, const void *b);
 bool _oc_se_changed(const struct oc_se_blkref *set, size_t n, uint64_t id,
 		    uint64_t blk);
+/* Whether the set holds a block of array id from blk on (its metadata,
+ * OC_SE_META, included only when meta is set). */
+bool _oc_se_changed_from(const struct oc_se_blkref *set, size_t n,
+			 uint64_t id, uint64_t blk, bool meta);
 
 #endif

@@ -367,20 +367,25 @@ static int env_open(struct lmdb_eng *e, const char *index, unsigned flags)
 	}
 }
 
-/* Whether directory path may become a store: empty, or holding only what
- * a creation cut short left (a data file, LMDB's lock file).  0,
+/* Whether directory path may become a store: empty but for LMDB's lock
+ * file (left by an open that failed) or an empty data file.  A file of
+ * the user's named data must not become the store's data file.  0,
  * OC_ENOTSTORE (other files: a store is not made among them), -errno. */
 static int only_ours(const char *path)
 {
 	DIR *d = opendir(path);
 	struct dirent *de;
+	struct stat sb;
 	int err = 0;
 
 	if (!d)
 		return -errno;
 	while (!err && (de = readdir(d))) {
+		if (!strcmp(de->d_name, "data") &&
+		    !fstatat(dirfd(d), "data", &sb, AT_SYMLINK_NOFOLLOW) &&
+		    S_ISREG(sb.st_mode) && sb.st_size == 0)
+			continue;
 		if (strcmp(de->d_name, ".") && strcmp(de->d_name, "..") &&
-		    strcmp(de->d_name, "data") &&
 		    strcmp(de->d_name, "index.mdb-lock")) {
 			oc_set_error_detail("%s holds other files and no store: "
 					    "a store is made only in an empty "
@@ -1328,7 +1333,9 @@ again:
 /* Whether [off, off+len) lies inside the data file: an unverified map of
  * an extent past its end (a truncated file) would turn the reader's first
  * touch into a SIGBUS instead of an error.  fstat only when the size last
- * seen is too small. */
+ * seen is too small: a file cut short while the store is open is seen
+ * only for extents past the size seen last (the others still SIGBUS, as
+ * any mapping of a file truncated under it). */
 static bool in_file(struct lmdb_eng *e, uint64_t off, size_t len)
 {
 	uint64_t size = __atomic_load_n(&e->file_size, __ATOMIC_RELAXED);
@@ -1422,6 +1429,11 @@ again:
 		goto again;
 	if (!err && do_verify && !is_verified(e, &r))
 		err = verify_extent(e, &r, blksize, buf, mask);
+	if (!err && !in_file(e, r.off, blksize)) {
+		oc_set_error_detail("the data file ends before the block");
+		CNT(e, n_corrupt);
+		err = OC_ECORRUPT;
+	}
 	if (err)
 		return err;
 	CNT(e, n_maps);
@@ -1600,11 +1612,26 @@ static int ids_get(struct lmdb_eng *e, uint64_t id, MDB_val *name)
 	return mdb_err(rc);
 }
 
+/* Whether array id still exists in the write transaction, if its metadata
+ * changed since our snapshot (it may have been deleted, or deleted and
+ * created again under a new id): 0, OC_ECONFLICT, or an error. */
+static int still_there(struct lmdb_eng *e, uint64_t id)
+{
+	MDB_val nm;
+	int err;
+
+	if (!changed_by_others(e, id, OC_SE_META))
+		return 0;
+	err = ids_get(e, id, &nm);
+	return err == OC_ENOTFOUND ? OC_ECONFLICT : err;
+}
+
 /* Drop the blocks of array id from block from on (free the extents, drop
- * the deltas, log the blocks); a block another process changed since our
- * snapshot is a conflict when check is set. */
+ * the deltas, log the blocks).  A record too short to name its extent is
+ * dropped all the same (its extent, if any, is lost to reuse): a corrupt
+ * array can still be deleted. */
 static int drop_blocks(struct lmdb_eng *e, uint64_t id, uint64_t from,
-		       uint64_t blksize, bool check)
+		       uint64_t blksize)
 {
 	MDB_cursor *c;
 	unsigned char kb[16];
@@ -1622,17 +1649,10 @@ static int drop_blocks(struct lmdb_eng *e, uint64_t id, uint64_t from,
 		uint64_t blk, ndelta;
 		if (k.mv_size != 16 || _oc_get_be64(k.mv_data) != id)
 			break;
-		if (v.mv_size < 24) {
-			err = OC_ECORRUPT;
-			break;
-		}
 		blk = _oc_get_be64((unsigned char *)k.mv_data + 8);
 		ndelta = v.mv_size >= 32 ? _oc_get_le64((unsigned char *)v.mv_data + 24) : 0;
-		if (check && changed_by_others(e, id, blk)) {
-			err = OC_ECONFLICT;
-			break;
-		}
-		err = free_put(e, _oc_get_le64(v.mv_data), blksize);
+		if (v.mv_size >= 24)
+			err = free_put(e, _oc_get_le64(v.mv_data), blksize);
 		if (!err)
 			err = log_put(e, id, blk);
 		if (!err && ndelta && from)
@@ -1692,21 +1712,10 @@ static int eng_txn_array(void *p, enum oc_se_change what, uint64_t id,
 	case OC_SE_SET:
 		/* Any change by another process to the metadata (or, for a
 		 * delete, to any block) since our snapshot conflicts. */
-		if (changed_by_others(e, id, OC_SE_META))
+		if (changed_by_others(e, id, OC_SE_META) ||
+		    (what == OC_SE_DELETE &&
+		     _oc_se_changed_from(e->changed, e->nchanged, id, 0, true)))
 			return OC_ECONFLICT;
-		if (what == OC_SE_DELETE && e->nchanged) {
-			struct oc_se_blkref lo = {id, 0};
-			size_t a = 0, b = e->nchanged;
-			while (a < b) { /* first change >= (id, 0) */
-				size_t m = (a + b) / 2;
-				if (_oc_se_change_cmp(&e->changed[m], &lo) < 0)
-					a = m + 1;
-				else
-					b = m;
-			}
-			if (a < e->nchanged && e->changed[a].id == id)
-				return OC_ECONFLICT;
-		}
 		err = ids_get(e, id, &nm);
 		if (err == OC_ENOTFOUND)
 			return OC_ECONFLICT;
@@ -1732,7 +1741,7 @@ static int eng_txn_array(void *p, enum oc_se_change what, uint64_t id,
 			if (!err)
 				err = mdb_err(mdb_del(e->w, e->db_ids, &k, NULL));
 			if (!err)
-				err = drop_blocks(e, id, 0, bs, false);
+				err = drop_blocks(e, id, 0, bs);
 		} else {
 			err = _oc_se_meta_encode(id, e->w_id, meta, &rec, &len);
 			if (err)
@@ -2252,13 +2261,9 @@ static int txn_block(struct lmdb_eng *e, uint64_t id, uint64_t blk,
 	OC_BUG_ON(!e->w);
 	if (changed_by_others(e, id, blk))
 		return OC_ECONFLICT;
-	if (changed_by_others(e, id, OC_SE_META)) {
-		/* Deleted (or recreated) meanwhile? */
-		MDB_val nm;
-		err = ids_get(e, id, &nm);
-		if (err)
-			return err == OC_ENOTFOUND ? OC_ECONFLICT : err;
-	}
+	err = still_there(e, id);
+	if (err)
+		return err;
 	had = blk_get(e, e->w, id, blk, &old);
 	if (had < 0)
 		return had;
@@ -2343,16 +2348,14 @@ static int eng_txn_truncate(void *p, uint64_t id, uint64_t nblk,
 			    size_t blksize)
 {
 	struct lmdb_eng *e = p;
+	int err;
 
 	OC_BUG_ON(!e->w);
-	if (changed_by_others(e, id, OC_SE_META)) {
-		/* Deleted (or recreated) meanwhile? */
-		MDB_val nm;
-		int err = ids_get(e, id, &nm);
-		if (err)
-			return err == OC_ENOTFOUND ? OC_ECONFLICT : err;
-	}
-	return drop_blocks(e, id, nblk, blksize, true);
+	/* any change from nblk on, deletes included, as for txn_block */
+	if (_oc_se_changed_from(e->changed, e->nchanged, id, nblk, false))
+		return OC_ECONFLICT;
+	err = still_there(e, id);
+	return err ? err : drop_blocks(e, id, nblk, blksize);
 }
 
 static int eng_txn_block_part(void *p, uint64_t id, uint64_t blk,

@@ -1101,10 +1101,7 @@ static bool changed_by_others(struct pg_eng *e, uint64_t id, uint64_t blk)
 
 static bool array_changed_by_others(struct pg_eng *e, uint64_t id)
 {
-	for (size_t i = 0; i < e->nchanged; i++)
-		if (e->changed[i].id == id)
-			return true;
-	return false;
+	return _oc_se_changed_from(e->changed, e->nchanged, id, 0, true);
 }
 
 /* The detail for a commit that failed because wc was lost before COMMIT. */
@@ -1409,6 +1406,26 @@ static bool known_absent(struct pg_eng *e, uint64_t id, uint64_t blk)
 
 static int copy_end(struct pg_eng *e);
 
+/* Whether array id still exists, if its metadata changed since our
+ * snapshot (deleted, or created again under a new id, meanwhile?): asked
+ * once per array (its blocks come together; the writer lock keeps the
+ * answer), after ending a COPY in progress (the connection runs one
+ * command at a time).  0, OC_ECONFLICT, or an error. */
+static int still_there(struct pg_eng *e, uint64_t id)
+{
+	int err;
+
+	if (!changed_by_others(e, id, OC_SE_META) || e->w_exists_id == id)
+		return 0;
+	if (e->copying && (err = copy_end(e)))
+		return err;
+	err = w_exists(e, id);
+	if (err)
+		return err == OC_ENOTFOUND ? OC_ECONFLICT : err;
+	e->w_exists_id = id;
+	return 0;
+}
+
 static int put_copy(struct pg_eng *e, const void *buf, size_t n)
 {
 	if (PQputCopyData(e->wc, buf, (int)n) != 1)
@@ -1430,18 +1447,9 @@ static int eng_txn_block(void *p, uint64_t id, uint64_t blk, size_t blksize,
 	OC_BUG_ON(!e->in_w);
 	if (changed_by_others(e, id, blk))
 		return OC_ECONFLICT;
-	if (changed_by_others(e, id, OC_SE_META) && e->w_exists_id != id) {
-		/* Deleted (or recreated) meanwhile?  Asked once per array (its
-		 * blocks come together; the writer lock keeps the answer),
-		 * after ending a COPY in progress: the connection runs one
-		 * command at a time. */
-		if (e->copying && (err = copy_end(e)))
-			return err;
-		err = w_exists(e, id);
-		if (err)
-			return err == OC_ENOTFOUND ? OC_ECONFLICT : err;
-		e->w_exists_id = id;
-	}
+	err = still_there(e, id);
+	if (err)
+		return err;
 	if (blksize > INT32_MAX)
 		return -EINVAL;
 	zero = _oc_all_zero(buf, blksize);
@@ -1706,21 +1714,16 @@ static int eng_txn_truncate(void *p, uint64_t id, uint64_t nblk,
 
 	(void)blksize;
 	OC_BUG_ON(!e->in_w);
-	for (size_t i = 0; i < e->nchanged; i++)
-		if (e->changed[i].id == id && e->changed[i].blk >= nblk &&
-		    e->changed[i].blk != OC_SE_META)
-			return OC_ECONFLICT;
-	/* The connection runs one command at a time. */
-	if (e->copying && (err = copy_end(e)))
+	/* any change from nblk on, deletes included, as for txn_block */
+	if (_oc_se_changed_from(e->changed, e->nchanged, id, nblk, false))
+		return OC_ECONFLICT;
+	if ((err = still_there(e, id)))
 		return err;
-	if (changed_by_others(e, id, OC_SE_META) && e->w_exists_id != id) {
-		err = w_exists(e, id); /* deleted (or recreated) meanwhile? */
-		if (err)
-			return err == OC_ENOTFOUND ? OC_ECONFLICT : err;
-		e->w_exists_id = id;
-	}
 	if (nblk > INT64_MAX)
 		return 0; /* no block is stored that far */
+	/* the connection runs one command at a time */
+	if (e->copying && (err = copy_end(e)))
+		return err;
 	_oc_put_be64(b, id);
 	_oc_put_be64(b + 8, e->w_id);
 	_oc_put_be64(b + 16, nblk);

@@ -1565,10 +1565,14 @@ static void test_bad_input(const char *path)
 	unlink(q);
 	path_of(q, sizeof q, "emptydir/data");
 	fd = open(q, O_CREAT | O_WRONLY, 0644);
+	CHECK(fd >= 0 && write(fd, "mine", 4) == 4, "a user's file named data");
 	close(fd);
+	CHECK_EQ(oc_store_open(&s, p, OC_STORE_CREATE, ram), OC_ENOTSTORE,
+		 "CREATE next to it: ENOTSTORE (it would become the data file)");
+	CHECK(truncate(q, 0) == 0, "empty it");
 	s = NULL;
 	CHECK_EQ(oc_store_open(&s, p, OC_STORE_CREATE, ram), 0,
-		 "CREATE where a creation left only its data file");
+		 "CREATE where only an empty data file is");
 	oc_store_close(s);
 	path_of(p, sizeof p, "missing");
 	CHECK_EQ(oc_store_open(&s, p, 0, ram), -ENOENT, "missing: ENOENT");

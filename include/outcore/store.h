@@ -179,7 +179,8 @@ OC_API int oc_store_meta_set(oc_store_t *st, const char *name,
  * zero the rest of the block that holds the new end first.  It costs
  * neither RAM nor reads, however much is cut.  Until the commit, cached
  * pages there still show what they showed.  The last call of the
- * transaction counts; abort forgets it.  Returns 0, or OC_ENOTFOUND,
+ * transaction counts (nblk UINT64_MAX: no cut); abort forgets it, a
+ * failed commit keeps it for the retry.  Returns 0, or OC_ENOTFOUND,
  * OC_EREADONLY, OC_EFAILED, OC_EFORKED, -ENOMEM, OC_ESTOREIO; a block
  * there that another process changed since the snapshot makes the commit
  * fail with OC_ECONFLICT. */
