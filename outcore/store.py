@@ -37,7 +37,9 @@ blocks after a shrunk array's end block are deleted from the store, with
 no RAM and no reads however much was cut (oc_store_truncate), and the rest
 of the end block is zeroed; what views taken before wrote past the end is
 dropped too.  Before the commit, views of the cut part still alias the old
-data as for any BigArray.
+data as for any BigArray.  Growing an array again over a part cut in the
+same transaction zeroes that part through RAM (dirty pages until the
+commit): to empty a large array and refill it, commit in between.
 
 Pickling a StoreArray gives a reference (store path, array name): unpickling
 it in another process opens the store there (once per process, see
@@ -54,6 +56,7 @@ import gc
 import json
 import math
 import os
+import sys
 import weakref
 
 import numpy
@@ -421,28 +424,40 @@ class Store:
         which nothing can stop: a retry of commit() stores them.
         """
         st = self._core()
-        self._zero_past_ends()
+        # A retry after a failure: the C store kept the cuts of the attempt
+        # that failed, and neither shapes nor attrs can change meanwhile.
+        cuts = [] if self._failed else self._cut_past_ends()
         try:
             st.commit()
-        except _core.Error as e:
-            # store.h: any error but OC_EFORKED leaves the store failed (an
-            # error without a code is the binding's: nothing was tried)
+        except BaseException as e:
+            # store.h: any error but OC_EFORKED leaves the store failed,
+            # with the cuts kept for the retry (an error without a code is
+            # the binding's, or an interrupt: nothing was tried)
             if getattr(e, "code", None) not in (None, _core.OC_EFORKED):
                 self._failed = True
+            else:
+                self._uncut(cuts)
             raise
         self._failed = False
         self._end_txn()
+        # handles nothing else holds (no array object, no view) can take no
+        # more writes, and commit left them clean
+        for fh in [fh for fh in self._handles
+                   if sys.getrefcount(fh) <= 3 and
+                   (fh.closed or not fh.isdirty())]:
+            del self._handles[fh]
 
-    def _zero_past_ends(self):
+    def _cut_past_ends(self):
         """The store keeps no data past an array's end (see the module doc).
-        An array shrunk in this transaction, or with dirty blocks past its
-        end (written through a view taken when it was longer), is cut at
-        its end block: the C store deletes what is stored after it and
+        An array shrunk in this transaction, or with dirty blocks after its
+        end block (written through a view taken when it was longer), is cut
+        at its end block: the C store deletes what is stored after it and
         drops what was written there, with no RAM and no reads
-        (oc_store_truncate); the rest of the end block is zeroed here (one
-        block of RAM)."""
+        (oc_store_truncate).  The rest of the end block is zeroed here, if
+        the array shrank or that block is dirty (it is then in RAM).
+        Returns the names cut (see _uncut)."""
         st = self._st
-        cut = {}                     # name -> (array, whether shrunk)
+        tails, cut = {}, {}          # name -> array
         for a in list(self._pending):
             if a._fileh.closed or a._nbytes() >= a._hwm:
                 continue
@@ -450,7 +465,7 @@ class Store:
                 a._sync()
             except _core.NotFoundError:
                 continue
-            cut[a._name] = a
+            tails[a._name] = cut[a._name] = a
         for fh, name in list(self._handles.items()):
             if name in cut or fh.closed or not fh.isdirty():
                 continue
@@ -465,23 +480,37 @@ class Store:
             except _core.NotFoundError:
                 continue        # gone: the C store drops its pages
             except _core.Error as e:
-                # created again with another block size; or, after a failed
-                # commit, an array with no live object cannot be read (the
-                # attempt that failed cut what was dirty then)
-                if getattr(e, "code", None) not in (_core.OC_EBLKSIZE,
-                                                    _core.OC_EFAILED):
+                if getattr(e, "code", None) != _core.OC_EBLKSIZE:
                     raise
-                continue
+                continue        # created again with another block size
             end, bs = a._nbytes(), fh.blksize
-            if any((blk + 1) * bs > end for blk in fh.dirty_pages()):
-                cut[name] = a
-        for name, a in cut.items():
-            end, bs = a._nbytes(), a._fileh.blksize
             keep = -(-end // bs)
-            if end % bs and (a._hwm > end or
-                             keep - 1 in a._fileh.dirty_pages()):
-                a._zero_bytes(end, keep * bs)
-            st.truncate(name, keep)
+            dirty = fh.dirty_pages()
+            if end % bs and keep - 1 in dirty:
+                tails[name] = a
+            if dirty and dirty[-1] >= keep:
+                cut[name] = a
+        done = []
+        try:
+            for name, a in tails.items():
+                end, bs = a._nbytes(), a._fileh.blksize
+                a._zero_bytes(end, -(-end // bs) * bs)
+            for name, a in cut.items():
+                st.truncate(name, -(-a._nbytes() // a._fileh.blksize))
+                done.append(name)
+        except BaseException:
+            self._uncut(done)
+            raise
+        return done
+
+    def _uncut(self, names):
+        """Take back the cuts of a commit that was not tried: a later grow
+        must not find its new blocks dropped."""
+        for name in names:
+            try:
+                self._st.truncate(name, (1 << 64) - 1)   # no cut
+            except _core.Error:
+                pass
 
     def abort(self):
         """Drop every local change (data, metadata, creates, deletes) and

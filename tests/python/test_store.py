@@ -831,6 +831,82 @@ def test_failed_commit_refuses_array_changes_until_abort(path, peers):
         assert A[1] == 9
 
 
+def test_retry_after_a_failed_commit_keeps_the_cut(path, peers):
+    """A shrink whose commit fails (a conflict on another array) is cut at
+    the retry too, and the retry is refused only for the conflict."""
+    n = 3 * F8_PER_BLK
+    with store(path) as db:
+        A = db.create("a", (n,), "<f8")
+        db.create("b", (10,), "<f8")
+        A[:] = 1
+        db.commit()
+        p = peers()
+        p(f"db = outcore.open({path!r}); db['b'][0] = 1; db.commit()")
+        A.resize((F8_PER_BLK + 5,))       # the end inside block 1
+        db["b"][0] = 2
+        for attempt in range(2):
+            with pytest.raises(outcore.ConflictError):
+                db.commit()
+        db.abort()
+        assert A.shape == (n,) and (A[...] == 1).all()
+        A.resize((F8_PER_BLK + 5,))
+        db.commit()
+        A.resize((n,))
+        assert A[F8_PER_BLK + 4] == 1 and not A[F8_PER_BLK + 5:].any()
+
+
+def test_a_commit_not_tried_takes_its_cuts_back(path, monkeypatch):
+    """A commit interrupted before the C store tried it (no error code)
+    takes back the cuts it asked for: growing the array again and writing
+    there is then committed, not dropped."""
+    n = 3 * F8_PER_BLK
+    with store(path) as db:
+        A = db.create("a", (n,), "<f8")
+        B = db.create("b", (n,), "<f8")
+        A[:] = 1
+        B[:] = 1
+        db.commit()
+        A.resize((5,))
+        B.resize((5,))
+
+        class Interrupted:               # the C commit, never reached
+            def commit(self):
+                raise KeyboardInterrupt
+        monkeypatch.setattr(outcore.store.Store, "_core",
+                            lambda self: Interrupted())
+        with pytest.raises(KeyboardInterrupt):
+            db.commit()
+        monkeypatch.undo()
+        B.resize((n,))                    # B back to its size: no cut due
+        B[-1] = 7
+        A.resize((n,))
+        A[-1] = 8
+        db.commit()
+    with store(path) as db:
+        assert db["b"][-1] == 7 and db["a"][-1] == 8
+
+
+def test_writing_inside_the_end_block_does_not_cut(path, peers):
+    """A write inside an array's last (partial) block cuts nothing: blocks
+    another process added past it meanwhile are no conflict, and stay."""
+    n = 2 * F8_PER_BLK + 10
+    with store(path) as db:
+        A = db.create("a", (n,), "<f8")
+        db.commit()
+        p = peers()
+        # blocks 3 and 4, not block 2 (which the grown part reads as zeros)
+        p(f"""
+            db = outcore.open({path!r}); A = db['a']
+            A.resize((5 * {F8_PER_BLK},)); A[3 * {F8_PER_BLK}:] = 5.0
+            db.commit()
+        """)
+        A[n - 1] = 3                     # inside block 2, the end block
+        db.commit()
+        assert A.shape == (5 * F8_PER_BLK,)
+        assert A[n - 1] == 3 and not A[n:3 * F8_PER_BLK].any()
+        assert (A[3 * F8_PER_BLK:] == 5).all()
+
+
 # ---- two processes ----------------------------------------------------------------
 
 def test_two_processes_disjoint_blocks_both_commit(path, peers):
