@@ -543,16 +543,23 @@ int oc_store_create(oc_store_t *st, const char *name, const oc_array_meta_t *met
 	return 0;
 }
 
+/* The live record of name, for a change in this transaction: 0 and *out,
+ * or what writable() and lookup() say (OC_ENOTFOUND for a bad name). */
+static int lookup_for_change(oc_store_t *st, const char *name,
+			     struct sarray **out)
+{
+	int err = writable(st);
+
+	if (!err && check_name(name))
+		err = OC_ENOTFOUND;
+	return err ? err : lookup(st, name, out);
+}
+
 int oc_store_delete(oc_store_t *st, const char *name)
 {
 	struct sarray *sa;
-	int err = writable(st);
+	int err = lookup_for_change(st, name, &sa);
 
-	if (err)
-		return err;
-	if (check_name(name))
-		return OC_ENOTFOUND;
-	err = lookup(st, name, &sa);
 	if (err)
 		return err;
 	if (sa->created) {
@@ -590,15 +597,8 @@ int oc_store_meta_set(oc_store_t *st, const char *name, const oc_array_meta_t *m
 {
 	oc_array_meta_t m, copy;
 	struct sarray *sa;
-	int err = writable(st);
+	int err = meta ? lookup_for_change(st, name, &sa) : -EINVAL;
 
-	if (err)
-		return err;
-	if (!meta)
-		return -EINVAL;
-	if (check_name(name))
-		return OC_ENOTFOUND;
-	err = lookup(st, name, &sa);
 	if (err)
 		return err;
 	m = *meta;
@@ -620,13 +620,8 @@ int oc_store_meta_set(oc_store_t *st, const char *name, const oc_array_meta_t *m
 int oc_store_truncate(oc_store_t *st, const char *name, uint64_t nblk)
 {
 	struct sarray *sa;
-	int err = writable(st);
+	int err = lookup_for_change(st, name, &sa);
 
-	if (err)
-		return err;
-	if (check_name(name))
-		return OC_ENOTFOUND;
-	err = lookup(st, name, &sa);
 	if (!err)
 		sa->trunc = nblk;
 	return err;
