@@ -593,8 +593,11 @@ static void test_corrupt(const char *path, const char *copy)
 	uint64_t off = 0;
 	int fd, err, flags[3] = {0, OC_STORE_NOMAP, OC_STORE_NOVERIFY};
 
-	if (!s || oc_store_array_fileh(s, "a", &fh))
+	if (!s || oc_store_array_fileh(s, "a", &fh)) {
+		CHECK(0, "open the store and array a");
+		oc_store_close(s);
 		return;
+	}
 	f = oc_fileh_file(fh);
 	CHECK_EQ(f->ops->mapblk(f, 1, &fd, &off), 0, "block 1 of a is mappable");
 	oc_store_close(s);
@@ -612,14 +615,20 @@ static void test_corrupt(const char *path, const char *copy)
 	for (int i = 0; i < 3; i++) {
 		oc_store_stats_t ss;
 		s = sopen(copy, flags[i]);
-		if (!s || oc_store_array_fileh(s, "a", &fh))
+		if (!s || oc_store_array_fileh(s, "a", &fh)) {
+			CHECK(0, "open the corrupt copy and array a");
+			oc_store_close(s);
 			return;
+		}
 		err = oc_fileh_load(fh, 1, 1);
 		if (flags[i] == OC_STORE_NOVERIFY) {
 			CHECK_EQ(err, 0, "unverified load returns the data");
 		} else {
 			CHECK(err == OC_ECORRUPT, "corrupt block: OC_ECORRUPT (%s): %d",
 			      i ? "loadblk" : "mapblk", err);
+			CHECK(strstr(oc_error_detail(), "array 'a' block 1") != NULL,
+			      "the error names array 'a' block 1: %s",
+			      oc_error_detail());
 			oc_store_stats(s, &ss);
 			CHECK_EQ(ss.corrupt, 1, "corruption counted");
 		}
