@@ -470,13 +470,9 @@ class Store:
             if name in cut or fh.closed or not fh.isdirty():
                 continue
             try:
-                a = self._arrays.get(name)
-                if a is not None and a._fileh is fh:
-                    a._sync()
-                elif st.array_fileh(name) is fh:
-                    a = self[name]
-                else:
+                if st.array_fileh(name) is not fh:
                     continue    # the name was created again
+                a = self[name]
             except _core.NotFoundError:
                 continue        # gone: the C store drops its pages
             except _core.Error as e:

@@ -348,8 +348,9 @@ void *_oc_page_park(struct page *p);
 void _oc_page_unmap_all(struct page *p);
 /* Under the lock: how many clean pages of the LRU list from p on (p first,
  * at most max) are base blocks mapped once each, at consecutive addresses
- * of one mapping (in either order), and in *lo the lowest address.  Such a
- * run is dropped with one unmapping by _oc_page_drop_run. */
+ * of one mapping (in either order), and (when that is one or more) in *lo
+ * the lowest address.  Such a run is dropped with one unmapping by
+ * _oc_page_drop_run. */
 unsigned _oc_page_run(struct page *p, unsigned max, uintptr_t *lo);
 /* Under the lock: drop the n pages of such a run (see _oc_page_run). */
 void _oc_page_drop_run(struct page *p, unsigned n, uintptr_t lo);

@@ -1330,24 +1330,29 @@ again:
 	return err;
 }
 
-/* Whether [off, off+len) lies inside the data file: an unverified map of
- * an extent past its end (a truncated file) would turn the reader's first
- * touch into a SIGBUS instead of an error.  fstat only when the size last
- * seen is too small: a file cut short while the store is open is seen
- * only for extents past the size seen last (the others still SIGBUS, as
- * any mapping of a file truncated under it). */
-static bool in_file(struct lmdb_eng *e, uint64_t off, size_t len)
+/* Whether [off, off+len) lies inside the data file: 0, or OC_ECORRUPT
+ * (said and counted).  An unverified map of an extent past its end (a
+ * truncated file) would turn the reader's first touch into a SIGBUS
+ * instead of an error.  fstat only when the size last seen is too small:
+ * a file cut short while the store is open is seen only for extents past
+ * the size seen last (the others still SIGBUS, as any mapping of a file
+ * truncated under it). */
+static int in_file(struct lmdb_eng *e, uint64_t off, size_t len)
 {
 	uint64_t size = __atomic_load_n(&e->file_size, __ATOMIC_RELAXED);
 	struct stat sb;
 
 	if (off + len <= size)
-		return true;
-	if (fstat(e->datafd, &sb) || sb.st_size < 0)
-		return false;
-	size = (uint64_t)sb.st_size;
-	__atomic_store_n(&e->file_size, size, __ATOMIC_RELAXED);
-	return off + len <= size;
+		return 0;
+	if (!fstat(e->datafd, &sb) && sb.st_size >= 0) {
+		size = (uint64_t)sb.st_size;
+		__atomic_store_n(&e->file_size, size, __ATOMIC_RELAXED);
+		if (off + len <= size)
+			return 0;
+	}
+	oc_set_error_detail("the data file ends before the block");
+	CNT(e, n_corrupt);
+	return OC_ECORRUPT;
 }
 
 static int eng_blk_map(void *p, uint64_t id, uint64_t blk, size_t blksize,
@@ -1374,11 +1379,8 @@ static int eng_blk_map(void *p, uint64_t id, uint64_t blk, size_t blksize,
 		return OC_NOMAP; /* to be assembled by blk_load */
 	if (do_verify && (err = verify_extent(e, &r, blksize, NULL, 0)))
 		return err;
-	if (!in_file(e, r.off, blksize)) {
-		oc_set_error_detail("the data file ends before the block");
-		CNT(e, n_corrupt);
-		return OC_ECORRUPT;
-	}
+	if ((err = in_file(e, r.off, blksize)))
+		return err;
 	CNT(e, n_maps);
 	*fd = e->datafd;
 	*off = r.off;
@@ -1429,11 +1431,8 @@ again:
 		goto again;
 	if (!err && do_verify && !is_verified(e, &r))
 		err = verify_extent(e, &r, blksize, buf, mask);
-	if (!err && !in_file(e, r.off, blksize)) {
-		oc_set_error_detail("the data file ends before the block");
-		CNT(e, n_corrupt);
-		err = OC_ECORRUPT;
-	}
+	if (!err)
+		err = in_file(e, r.off, blksize);
 	if (err)
 		return err;
 	CNT(e, n_maps);

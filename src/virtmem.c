@@ -363,7 +363,7 @@ unsigned _oc_page_run(struct page *p, unsigned max, uintptr_t *lo)
 	unsigned k = 1;
 
 	if (p->state != PAGE_BASE || p->nmaps != 1 || p->maps->cost != 1)
-		return 1;
+		return 0;
 	/* a scan's read-ahead puts runs on the list in either order */
 	if (!(n = run_next(p, step)) && (n = run_next(p, -step)))
 		step = -step;

@@ -185,37 +185,61 @@ static void rm_tree(const char *d)
 		printf("# rm failed\n");
 }
 
-/* Give the store in dir a format version newer than this library's (as a
- * later version of it would): 0 or an LMDB error.  Not in a process that
- * has the store open (LMDB must not open an index twice in one process). */
-static int bump_format(const char *dir)
+/* The index of the store at path, opened with a transaction in *t
+ * (read-only if rdonly), or NULL.  Not in a process that has the store
+ * open (LMDB must not open an index twice in one process). */
+static MDB_env *idx_open(const char *path, int rdonly, MDB_txn **t)
 {
+	char p[700];
 	MDB_env *env;
-	MDB_txn *t;
+	snprintf(p, sizeof p, "%s/index.mdb", path);
+	if (mdb_env_create(&env))
+		return NULL;
+	mdb_env_set_maxdbs(env, 10);
+	mdb_env_set_mapsize(env, (size_t)256 << 20);
+	if (mdb_env_open(env, p, MDB_NOSUBDIR | (rdonly ? MDB_RDONLY : 0), 0644) ||
+	    mdb_txn_begin(env, NULL, rdonly ? MDB_RDONLY : 0, t)) {
+		mdb_env_close(env);
+		return NULL;
+	}
+	return env;
+}
+
+/* Set the format version in the store's meta record, in t: 0 or an LMDB
+ * error (-1: a record of another size). */
+static int format_set(MDB_txn *t, unsigned version)
+{
 	MDB_dbi d;
 	MDB_val k = {6, "format"}, v;
 	unsigned char rec[64];
-	char q[700];
-	int rc;
+	int rc = mdb_dbi_open(t, "meta", 0, &d);
 
-	snprintf(q, sizeof q, "%s/index.mdb", dir);
-	rc = mdb_env_create(&env);
-	if (rc)
-		return rc;
-	mdb_env_set_maxdbs(env, 8);
-	mdb_env_set_mapsize(env, (size_t)256 << 20); /* fits valgrind */
-	rc = mdb_env_open(env, q, MDB_NOSUBDIR, 0644);
-	rc = rc ? rc : mdb_txn_begin(env, NULL, 0, &t);
-	rc = rc ? rc : mdb_dbi_open(t, "meta", 0, &d);
 	rc = rc ? rc : mdb_get(t, d, &k, &v);
-	if (!rc && v.mv_size <= sizeof rec) {
+	if (!rc && v.mv_size > sizeof rec)
+		rc = -1;
+	if (!rc) {
 		memcpy(rec, v.mv_data, v.mv_size);
-		rec[16] = 99;
+		rec[16] = (unsigned char)version;
 		v.mv_data = rec;
 		rc = mdb_put(t, d, &k, &v, 0);
-		rc = rc ? rc : mdb_txn_commit(t);
 	}
-	mdb_env_close(env);
+	return rc;
+}
+
+/* Give the store in dir a format version newer than this library's (as a
+ * later version of it would): 0 or an error. */
+static int bump_format(const char *dir)
+{
+	MDB_txn *t = NULL;
+	MDB_env *env = idx_open(dir, 0, &t);
+	int rc = env ? format_set(t, 99) : -1;
+
+	if (env && !rc)
+		rc = mdb_txn_commit(t);
+	else if (env)
+		mdb_txn_abort(t);
+	if (env)
+		mdb_env_close(env);
 	return rc;
 }
 
@@ -962,25 +986,6 @@ static uint64_t be64(const void *p)
 	return x;
 }
 
-/* The index of the store at path opened with LMDB directly, and a
- * transaction on it (read-only if rdonly).  NULL on error. */
-static MDB_env *idx_open(const char *path, int rdonly, MDB_txn **t)
-{
-	char p[700];
-	MDB_env *env;
-	snprintf(p, sizeof p, "%s/index.mdb", path);
-	if (mdb_env_create(&env))
-		return NULL;
-	mdb_env_set_maxdbs(env, 10);
-	mdb_env_set_mapsize(env, (size_t)256 << 20);
-	if (mdb_env_open(env, p, MDB_NOSUBDIR | (rdonly ? MDB_RDONLY : 0), 0644) ||
-	    mdb_txn_begin(env, NULL, rdonly ? MDB_RDONLY : 0, t)) {
-		mdb_env_close(env);
-		return NULL;
-	}
-	return env;
-}
-
 /* What the index says of delta runs: pages of runs in the data file and
  * in records (version 3), live bytes the arenas database counts, arenas,
  * the format version, and where block blk's first run in the data file
@@ -1058,8 +1063,8 @@ static int to_version3(const char *path)
 	MDB_env *env = idx_open(path, 0, &t);
 	MDB_dbi dd, da, dm;
 	MDB_cursor *c;
-	MDB_val k, v, f = {6, "format"}, a = {5, "arena"};
-	unsigned char *buf = malloc(ARENA), fm[64];
+	MDB_val k, v, a = {5, "arena"};
+	unsigned char *buf = malloc(ARENA);
 	struct {
 		unsigned char k[24], v[16];
 	} rec[256];
@@ -1099,13 +1104,7 @@ static int to_version3(const char *path)
 	rc = rc ? rc : mdb_dbi_open(t, "meta", 0, &dm);
 	if (!rc && mdb_del(t, dm, &a, NULL) == MDB_NOTFOUND)
 		rc = -1;
-	rc = rc ? rc : mdb_get(t, dm, &f, &v);
-	if (!rc && v.mv_size <= sizeof fm) {
-		memcpy(fm, v.mv_data, v.mv_size);
-		fm[16] = 3;
-		v.mv_data = fm;
-		rc = mdb_put(t, dm, &f, &v, 0);
-	}
+	rc = rc ? rc : format_set(t, 3);
 	rc = rc ? rc : mdb_txn_commit(t);
 	t = NULL;
 out:
