@@ -405,8 +405,9 @@ static void note_overbudget(oc_ram_t *ram)
 	if (!ram->warned) {
 		ram->warned = true;
 		_oc_msg("outcore: warning: RAM budget of %lu KiB exceeded: only "
-			"dirty pages are left, and they are never dropped; write "
-			"out (commit) or discard to free them (counted in "
+			"dirty pages are left (they are never dropped: write "
+			"out (commit) or discard to free them), or pages an "
+			"access spanning them needs at once (counted in "
 			"oc_ram_stats().overbudget)",
 			(unsigned long)(ram->budget >> 10));
 	}

@@ -1263,12 +1263,46 @@ static int fault_page(struct oc_vma *v, uintptr_t addr, int write,
 	return err;
 }
 
+/* An access that spans two pages (an unaligned load across a block
+ * boundary, say) faults on the second right after the first.  When the
+ * budget has room for one of them only, loading the second reclaims the
+ * first, the access restarts and faults on the first again, for ever.  So
+ * the page of this thread's last fault is kept (off the clean list, out
+ * of reclaim's reach) while the fault that comes within SPAN_MAX bytes of
+ * it is served: the budget is exceeded by that page when nothing else
+ * can go.  Faults of a scan are a page apart: they keep nothing.  The
+ * page is found again from the address (it may be gone: nothing
+ * dangles). */
+#define SPAN_MAX 256
+static __thread uintptr_t last_fault;
+
+/* The page of the block shown at addr (lock held), or NULL. */
+static struct page *page_at(uintptr_t addr)
+{
+	struct oc_vma *v = lookup_locked(addr);
+
+	return v ? oc_pagemap_get(&v->fh->pages,
+				  v->pgoffset + ((addr - v->start) >>
+						 v->fh->ram->pageshift))
+		 : NULL;
+}
+
 int _oc_serve(uintptr_t addr, int write, struct oc_fault_info *fi)
 {
+	uintptr_t prev = last_fault;
+	struct page *keep = NULL;
 	struct oc_vma *v;
 	int r;
 
 	_oc_lock();
+	if (prev && (addr > prev ? addr - prev : prev - addr) < SPAN_MAX &&
+	    (keep = page_at(prev)) != NULL) {
+		/* on an LRU list: reclaim's (or bound_maps') to take */
+		if (keep != page_at(addr) && oc_list_linked(&keep->lru))
+			oc_list_del(&keep->lru);
+		else
+			keep = NULL;
+	}
 	for (;;) {
 		v = lookup_locked(addr);
 		if (!v) {
@@ -1279,6 +1313,12 @@ int _oc_serve(uintptr_t addr, int write, struct oc_fault_info *fi)
 		if (r != RETRY)
 			break;
 	}
+	/* Back on its list.  The lock may have been dropped meanwhile, and
+	 * the page dropped by another thread: only the page still there. */
+	if (keep && page_at(prev) == keep && keep->state != PAGE_LOADING &&
+	    !oc_list_linked(&keep->lru))
+		lru_touch(keep);
+	last_fault = addr;
 	_oc_unlock();
 	return r;
 }

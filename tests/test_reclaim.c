@@ -7,7 +7,8 @@
  * pages never go (the budget is exceeded and counted instead), explicit
  * oc_ram_reclaim and lowering the budget reclaim at once, reclaim unmaps a
  * page from every mapping, and base-layer blocks count too (a scan's are
- * reclaimed in runs, one unmapping each).  Then the big
+ * reclaimed in runs, one unmapping each), and an access spanning two
+ * blocks under a budget of one is served (over budget).  Then the big
  * one: 1 GiB read, written and read again through a 64 MiB budget keeps
  * the process's RSS under budget + 32 MiB.
  */
@@ -703,6 +704,60 @@ out:
 	free(tf);
 }
 
+/* One 8-byte load across the boundary of blocks 0 and 1, where the
+ * budget has room for one of them only: loading the second used to
+ * reclaim the first, and the restarted load faulted on it again, for
+ * ever.  An alarm ends the program if it hangs. */
+typedef uint64_t u64_unaligned __attribute__((aligned(1), may_alias));
+
+static int span_ok(char *a, size_t ps)
+{
+	uint64_t want = (tf_word(0, ps / 8 - 1) >> 32) | (tf_word(1, 0) << 32);
+	uint64_t got;
+
+	alarm(120);
+	got = *(volatile u64_unaligned *)(a + ps - 4);
+	alarm(0);
+	if (got != want)
+		printf("#   read %016llx, want %016llx\n", (unsigned long long)got,
+		       (unsigned long long)want);
+	return got == want;
+}
+
+static void test_spanning_access(void)
+{
+	struct setup s;
+	struct plain x;
+	oc_ram_stats_t st;
+
+	printf("# an access spanning two blocks, room for one\n");
+	if (setup(&s, 64 * KiB, 1, 4, NULL) == 0) {
+		CHECK(span_ok(s.a, s.ps), "RAM pages, budget of one page: read "
+		      "across blocks 0 and 1");
+		st = stats(s.ram);
+		CHECK(st.overbudget >= 1 && TF_GET(&s.tf.nloads) == 2,
+		      "one page over budget, 2 loads (%llu, %llu)",
+		      (unsigned long long)st.overbudget,
+		      (unsigned long long)TF_GET(&s.tf.nloads));
+		CHECK_EQ(rd(&s, 3), 1, "the next read reclaims as before");
+		CHECK(stats(s.ram).used <= s.ps, "back within the budget");
+		teardown(&s);
+	}
+	if (setup(&s, 64 * KiB, 3, 8, NULL) == 0) {
+		for (uint64_t b = 4; b < 7; b++) /* the budget: dirty pages */
+			*tf_at(s.a, s.ps, b, 0) = 1000 + b;
+		CHECK(span_ok(s.a, s.ps), "budget full of dirty pages: read "
+		      "across blocks 0 and 1");
+		oc_fileh_discard(s.fh);
+		teardown(&s);
+	}
+	if (plain_open(&x, 64 * KiB, 4, 1) == 0) {
+		CHECK(span_ok(x.a, 64 * KiB), "base blocks of a plain file, budget "
+		      "of one page: read across blocks 0 and 1");
+		plain_close(&x);
+	}
+}
+
 int main(void)
 {
 	test_lru();
@@ -712,6 +767,7 @@ int main(void)
 	test_explicit();
 	test_base_budget();
 	test_base_runs();
+	test_spanning_access();
 	test_big();
 	return check_done();
 }
