@@ -289,27 +289,28 @@ typedef struct {
 static PyTypeObject RAMType;
 static PyObject *default_rams; /* dict pagesize -> RAMObject */
 
+/* The RAMObject of the core's default RAM of pagesize.  After a fork()
+ * the core gives the child a default RAM of its own (the parent's is
+ * inherited, unusable): a cached object of another RAM is replaced. */
 static PyObject *ram_wrap_default(uint64_t pagesize)
 {
+	oc_ram_t *ram;
+	int err;
+	NOGIL_CALL(err = oc_ram_default((size_t)pagesize, &ram));
+	if (err)
+		return raise_code(err, "default RAM for page size %llu",
+				  (unsigned long long)pagesize);
 	PyObject *key = PyLong_FromUnsignedLongLong(pagesize);
 	if (!key)
 		return NULL;
 	PyObject *r = PyDict_GetItemWithError(default_rams, key);
-	if (r) {
+	if (r && ((RAMObject *)r)->ram == ram) {
 		Py_DECREF(key);
 		return Py_NewRef(r);
 	}
 	if (PyErr_Occurred()) {
 		Py_DECREF(key);
 		return NULL;
-	}
-	oc_ram_t *ram;
-	int err;
-	NOGIL_CALL(err = oc_ram_default((size_t)pagesize, &ram));
-	if (err) {
-		Py_DECREF(key);
-		return raise_code(err, "default RAM for page size %llu",
-				  (unsigned long long)pagesize);
 	}
 	RAMObject *o = PyObject_New(RAMObject, &RAMType);
 	if (!o) {
@@ -350,6 +351,14 @@ static int RAM_init(RAMObject *self, PyObject *args, PyObject *kw)
 		return -1;
 	if (budget_o != Py_None && opts.budget == 0) {
 		PyErr_SetString(InvalidArgument, "budget must be > 0");
+		return -1;
+	}
+	if (budget_o != Py_None && opts.budget < pagesize) {
+		PyErr_Format(InvalidArgument,
+			     "budget %llu bytes is smaller than one page of "
+			     "%llu bytes: give at least one page",
+			     (unsigned long long)opts.budget,
+			     (unsigned long long)pagesize);
 		return -1;
 	}
 	if (!strcmp(kind, "memfd"))

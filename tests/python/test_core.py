@@ -50,6 +50,13 @@ def test_ram_bad_args():
         outcore.RAM(4096, budget=0)
     with pytest.raises(TypeError):
         outcore.RAM(4096, budget=1.5)
+    # below one page: says so (it said "invalid argument"), here and where
+    # a store makes its RAM from a budget
+    with pytest.raises(outcore.InvalidArgument, match="smaller than one "
+                       "page of 2097152 bytes"):
+        outcore.RAM(budget="1MiB")
+    with pytest.raises(outcore.InvalidArgument, match="smaller than one page"):
+        outcore.open("/nonexistent/x.oc", ram=4096)
 
 
 def test_hugetlb_without_huge_pages():

@@ -284,6 +284,30 @@ def test_fork_child_gets_forked_error(ram4k):
     assert a[0] == 1
 
 
+def test_fork_child_opens_anew_on_the_default_ram():
+    """After the parent used the default RAM (ram=None), a child opens
+    its own handles on a default RAM of its own (it got the parent's
+    inherited one, and ForkedError for every open: memmap, stores and
+    the arrays a fork Pool unpickles)."""
+    fh = outcore.MemFile(PS).fileh_open()           # the default RAM
+    a = numpy.frombuffer(fh.mmap(0, 2), numpy.uint8)
+    a[0] = 1
+    pid = os.fork()
+    if pid == 0:  # child
+        code = 1
+        try:
+            fh2 = outcore.MemFile(PS).fileh_open()
+            b = numpy.frombuffer(fh2.mmap(0, 2), numpy.uint8)
+            b[PS] = 5
+            code = 0 if b[PS] == 5 and fh2.ram is not fh.ram else 2
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, status
+    assert a[0] == 1
+    assert outcore.MemFile(PS).fileh_open().ram is fh.ram   # ours still
+
+
 def test_transient_loadblk_failure_in_fault_is_retried():
     r = run_child("""
         import numpy, outcore
