@@ -49,7 +49,7 @@ const char *oc_strerror(int err)
 	case OC_EBLKSIZE: return "file block size differs from the RAM page size";
 	case OC_ELOAD: return "loading a block failed";
 	case OC_ESTORE: return "storing a block failed";
-	case OC_ECORRUPT: return "stored data is corrupt (checksum mismatch)";
+	case OC_ECORRUPT: return "stored data is corrupt";
 	case OC_ECONFLICT: return "conflict: another transaction changed the same data";
 	case OC_EVERSION: return "unsupported version";
 	case OC_ENOTSTORE: return "not an outcore store";

@@ -397,6 +397,35 @@ static int only_ours(const char *path)
 	return err;
 }
 
+/* Open the data file (e->data_size read from the index): made here only
+ * for a store that has no data yet (new, or left without it by a crash
+ * during its creation).  A missing data file the index points into is
+ * corruption, said as such: made anew, it would have read as zeros. */
+static int open_data(struct lmdb_eng *e, const char *data, bool rdonly)
+{
+	int create = !rdonly && e->data_size == 0 ? O_CREAT : 0;
+
+	e->datafd = open(data, O_CLOEXEC | (rdonly ? O_RDONLY : O_RDWR) | create,
+			 0644);
+	if (e->datafd < 0) {
+		int err = -errno;
+		if (err != -ENOENT)
+			return err;
+		oc_set_error_detail("the data file %s is missing", data);
+		return OC_ECORRUPT;
+	}
+	if (!rdonly) /* not every filesystem can: then -1 */
+		e->directfd = open(data, O_CLOEXEC | O_RDWR | O_DIRECT);
+	e->runfd = open(data, O_CLOEXEC | O_RDONLY);
+	if (e->runfd < 0 ||
+	    posix_fadvise(e->runfd, 0, 0, POSIX_FADV_RANDOM) != 0) {
+		if (e->runfd >= 0)
+			close(e->runfd);
+		e->runfd = e->datafd;
+	}
+	return 0;
+}
+
 static int eng_open(void **out, const char *path, int flags)
 {
 	struct lmdb_eng *e;
@@ -456,21 +485,6 @@ static int eng_open(void **out, const char *path, int flags)
 		err = mdb_err(rc);
 		goto fail;
 	}
-	e->datafd = open(data, O_CLOEXEC | (rdonly ? O_RDONLY : O_RDWR | O_CREAT),
-			 0644);
-	if (e->datafd < 0) {
-		err = errno == ENOENT ? OC_ENOTSTORE : -errno;
-		goto fail;
-	}
-	if (!rdonly) /* not every filesystem can: then -1 */
-		e->directfd = open(data, O_CLOEXEC | O_RDWR | O_DIRECT);
-	e->runfd = open(data, O_CLOEXEC | O_RDONLY);
-	if (e->runfd < 0 ||
-	    posix_fadvise(e->runfd, 0, 0, POSIX_FADV_RANDOM) != 0) {
-		if (e->runfd >= 0)
-			close(e->runfd);
-		e->runfd = e->datafd;
-	}
 	rc = mdb_txn_begin(e->env, NULL, rdonly ? MDB_RDONLY : 0, &txn);
 	if (rc) {
 		err = mdb_err(rc);
@@ -506,6 +520,9 @@ static int eng_open(void **out, const char *path, int flags)
 		err = OC_EVERSION;
 		goto fail;
 	}
+	err = open_data(e, data, rdonly);
+	if (err)
+		goto fail;
 	/* Created here for stores of version 1. */
 	rc = mdb_dbi_open(txn, "deltas", rdonly ? 0 : MDB_CREATE, &e->db_deltas);
 	if (rc && rc != MDB_NOTFOUND) {

@@ -659,6 +659,20 @@ static void test_corrupt(const char *path, const char *copy)
 		CHECK_EQ(oc_fileh_load(fh, 2, 1), 0, "other blocks load");
 		oc_store_close(s);
 	}
+
+	/* A data file gone: corrupt, named, and not made anew (a writable
+	 * open made an empty one, and every block read as zeros). */
+	CHECK_EQ(unlink(to), 0, "remove the copy's data file");
+	for (int i = 0; i < 2; i++) {
+		struct stat sb;
+		err = oc_store_open(&s, copy, i ? OC_STORE_RDONLY : 0, ram);
+		CHECK(err == OC_ECORRUPT && strstr(oc_error_detail(), "missing"),
+		      "%s open without its data file: OC_ECORRUPT (%d: %s)",
+		      i ? "a read-only" : "a writable", err, oc_error_detail());
+		if (!err)
+			oc_store_close(s);
+		CHECK(stat(to, &sb) != 0, "no data file made");
+	}
 }
 
 /* A sequential scan hands blocks to the engine's verifier thread (which

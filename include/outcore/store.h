@@ -132,6 +132,8 @@ OC_API void oc_array_meta_clear(oc_array_meta_t *meta);
  *                OC_STORE_CREATE, a directory that holds other files (a
  *                store is made only in a new or empty directory);
  *   OC_EVERSION  written by a newer format version;
+ *   OC_ECORRUPT  its data file is missing (a store with data: one without
+ *                gets a new, empty data file when opened writable);
  *   -EBUSY       this process has the store open already;
  *   OC_ESTOREIO  an engine error; -errno from the file system.
  * The caller owns the store and closes it with oc_store_close(). */
