@@ -150,6 +150,23 @@ def _check_name(name):
     return name
 
 
+def _check_new_name(name):
+    """The store's rule for a name to create (store.h), said clearly:
+    1-255 bytes of UTF-8 without control characters."""
+    _check_name(name)
+    try:
+        n = len(name.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise _error(_core.InvalidArgument, -22, "array name %s is not "
+                     "valid UTF-8" % (ascii(name),)) from None
+    bad = [c for c in name if ord(c) < 0x20 or ord(c) == 0x7f]
+    if not n or n > 255 or bad:
+        raise _error(_core.InvalidArgument, -22, "array name %s: %s" % (
+            ascii(name), "empty" if not n else "%d bytes, more than 255" % n
+            if n > 255 else "control character U+%04X" % ord(bad[0])))
+    return name
+
+
 # ---- the store ----------------------------------------------------------------
 
 def _is_url(path):
@@ -280,6 +297,9 @@ class Store:
                          "were alive, and opened before %s: it stays open "
                          "until they are gone (drop them, or open it as "
                          "before)" % (_shown(self._path), why))
+        # A new transaction, as an open begins: on the state committed
+        # now, without what the old views wrote after the close.
+        st.abort()
         return st
 
     # ---- attributes -----------------------------------------------------
@@ -331,7 +351,7 @@ class Store:
         :class:`outcore.ExistsError` if the name exists.
         """
         st = self._core()
-        _check_name(name)
+        _check_new_name(name)
         shape = _normshape(shape)
         dtype = numpy.dtype(dtype)
         dtext = _dtype_text(dtype)
@@ -693,9 +713,12 @@ class StoreArray(BigArray):
         self._gen = db._gen
 
     def _detach(self):
-        """The store closes: drop the mapping, refuse further use."""
+        """The store closes: drop the mapping and the handle (the store's
+        files close when no view holds them: this object does not), refuse
+        further use."""
         self._whole = None
         self._vma = None
+        self._fileh = None
         self._closed = True
 
     # ---- what syncs first -------------------------------------------------
