@@ -24,10 +24,13 @@ import os
 import re
 import resource
 import shutil
+import signal
+import stat
 import sys
 import tempfile
 import textwrap
 import time
+import warnings
 
 import numpy
 import numpy.lib.format as _npformat
@@ -43,6 +46,23 @@ class CLIError(Exception):
 
 class UsageError(Exception):
     """A usage error: one line and exit status 2."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where SIGINT raises KeyboardInterrupt, so that the
+    same clean-up runs (an import takes its half-made array back)."""
+
+
+def _on_sigterm(signum, frame):
+    raise Terminated()
+
+
+def oneline(text):
+    """text for a one-line message: control characters (a newline, an
+    escape sequence in a name) written as escapes, not passed to the
+    terminal."""
+    return "".join(c if c.isprintable() else
+                   ascii(c)[1:-1] if c != "\n" else " " for c in str(text))
 
 
 # ---- output -----------------------------------------------------------------
@@ -267,7 +287,10 @@ def build_parser():
             description="Create array NAME in STORE from FILE, streamed in "
             "block-aligned chunks (committed as it goes), so FILE may be "
             "bigger than RAM.  FILE is a .npy file, or raw binary when "
-            "--dtype is given (then --shape defaults to 1-D).")
+            "--dtype is given (then --shape defaults to 1-D).  An import "
+            "that fails or is interrupted (Ctrl-C, SIGTERM) takes NAME back, "
+            "and a store it made; one killed outright (SIGKILL, a crash) "
+            "leaves NAME partly filled: 'outcore rm' it.")
     s.add_argument("store", metavar="STORE")
     s.add_argument("name", metavar="NAME")
     s.add_argument("file", metavar="FILE")
@@ -275,7 +298,7 @@ def build_parser():
                    help="raw binary of this dtype (e.g. float64, <i4)")
     s.add_argument("--shape", type=shape_arg,
                    help="raw binary: the shape, e.g. 1000,1000")
-    s.add_argument("--order", choices=("C", "F"), default="C",
+    s.add_argument("--order", choices=("C", "F"),
                    help="raw binary: the order of the data (default C)")
     s.add_argument("--ram", type=size_arg, default=size_arg("256MiB"),
                    help="RAM budget (default 256MiB)")
@@ -317,22 +340,54 @@ def build_parser():
 
 # ---- store helpers ----------------------------------------------------------
 
-def open_store(path, ram=None, readonly=True, verify=True):
-    """Open an existing store (or create it, readonly=False) with clear
-    errors for paths that are not stores."""
+def open_store(path, ram=None, readonly=True, verify=True, create=False):
+    """Open an existing store (or create it: create=True, for import and
+    demo) with clear errors for paths that are not stores."""
     import outcore
-    if readonly or not os.path.exists(path):
-        if not os.path.exists(path):
-            if readonly:
-                raise CLIError("%s: no such store" % (path,))
-        elif not os.path.isdir(path):
-            raise CLIError("%s: not a store (not a directory)" % (path,))
+    from outcore.store import _is_url
+    if _is_url(path):
+        pass                   # a PostgreSQL server: it says what is wrong
+    elif not os.path.exists(path):
+        if not create:
+            raise CLIError("%s: no such store" % (path,))
     elif not os.path.isdir(path):
         raise CLIError("%s: not a store (not a directory)" % (path,))
+    elif not create and not readonly and \
+            not os.path.exists(os.path.join(path, "index.mdb")):
+        # outcore.open would make one in an empty directory
+        raise CLIError("%s: not an outcore store" % (path,))
     try:
-        return outcore.open(path, ram=ram, readonly=readonly, verify=verify)
+        return outcore.open(path, ram=ram, readonly=readonly and not create,
+                            verify=verify)
     except outcore.Error as e:
         raise CLIError("%s: %s" % (path, e)) from e
+
+
+def remove_store(path, rmdir):
+    """Remove the store a failed command made at path: its files, and
+    with rmdir the directory (made too) if that leaves it empty; nothing
+    else is touched."""
+    for f in ("data", "index.mdb", "index.mdb-lock"):
+        try:
+            os.unlink(os.path.join(path, f))
+        except OSError:
+            pass
+    if rmdir:
+        try:
+            os.rmdir(path)
+        except OSError:
+            pass
+
+
+def check_name(name):
+    """A NAME argument the store can hold, or a CLIError: a name from
+    the command line may carry bytes that are not UTF-8."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        raise CLIError("array name %s is not valid UTF-8" % (
+            ascii(name),)) from None
+    return name
 
 
 def get_array(db, name):
@@ -407,7 +462,7 @@ def probe_blocks(db, a, progress=None):
                 holes.append(blk)
         fh.invalidate_page(blk)
         if progress:
-            progress.update(fh.blksize)
+            progress.update(min(fh.blksize, a.nbytes - blk * fh.blksize))
     msgs.close()
     return holes, corrupt
 
@@ -423,6 +478,20 @@ def ranges(blks):
         out.append(str(blks[i]) if i == j else "%d-%d" % (blks[i], blks[j]))
         i = j + 1
     return ", ".join(out)
+
+
+def block_pieces(b, bs):
+    """The pieces of the flat byte view b that lie in one block each (a
+    store maps its arrays' blocks at addresses aligned to the block size).
+    A system call such as read or write needs the pages of its buffer
+    loaded (see prefault): a piece needs one block, which any budget
+    holds, where a chunk may span two."""
+    addr = b.__array_interface__["data"][0]
+    i = 0
+    while i < b.size:
+        n = min(b.size - i, bs - (addr + i) % bs)
+        yield b[i:i + n]
+        i += n
 
 
 def dtype_text(dt):
@@ -457,7 +526,7 @@ def cmd_demo(args, out):
 
 def demo(path, size, ram, out, temporary):
     import outcore
-    db = open_store(path, ram=ram, readonly=False)
+    db = open_store(path, ram=ram, readonly=False, create=True)
     with db:
         bs = db.ram.pagesize
         n = -(-size // 8)
@@ -468,12 +537,17 @@ def demo(path, size, ram, out, temporary):
                                          fmt_bytes(nbytes), fmt_bytes(ram),
                                          path, ", temporary" if temporary
                                          else ""))
-        name = "demo"
+        name, mark = "demo", {"made_by": "outcore demo"}
         if name in db:
+            # the demo's own array from an earlier run is replaced; a
+            # user's array of that name is not the demo's to delete
+            if db[name].attrs.get("made_by") != mark["made_by"]:
+                raise CLIError("%s: holds an array 'demo' that the demo did "
+                               "not make: give the demo another store" % (
+                                   path,))
             del db[name]
             db.commit()
-        A = db.create(name, (n,), numpy.float64,
-                      attrs={"made_by": "outcore demo"})
+        A = db.create(name, (n,), numpy.float64, attrs=mark)
         rows = []
 
         def step(what, t0, nb):
@@ -665,7 +739,7 @@ def read_npy_header(f, path):
 
 
 def cmd_import(args, out):
-    import outcore
+    from outcore.store import _is_url
     path = args.file
     try:
         f = open(path, "rb")
@@ -674,7 +748,7 @@ def cmd_import(args, out):
     with f:
         fsize = os.fstat(f.fileno()).st_size
         if args.dtype is not None:
-            dtype, order = args.dtype, args.order
+            dtype, order = args.dtype, args.order or "C"
             if dtype.itemsize == 0:
                 raise CLIError("--dtype %s has no size" % (dtype,))
             shape = args.shape
@@ -684,9 +758,11 @@ def cmd_import(args, out):
                                    "%s items" % (path, fsize, dtype))
                 shape = (fsize // dtype.itemsize,)
         else:
-            if args.shape is not None:
-                raise UsageError("--shape is for raw binary: give --dtype "
-                                 "too")
+            if args.shape is not None or args.order is not None:
+                raise UsageError("--%s is for raw binary: give --dtype too "
+                                 "(a .npy file says its shape and order)" % (
+                                     "shape" if args.shape is not None
+                                     else "order"))
             shape, order, dtype = read_npy_header(f, path)
         want = math.prod(shape) * dtype.itemsize
         have = fsize - f.tell()
@@ -696,92 +772,160 @@ def cmd_import(args, out):
         if have > want and args.dtype is not None:
             raise CLIError("%s: %d bytes, more than the %d of shape %s of "
                            "%s" % (path, have, want, shape, dtype))
-        db = open_store(args.store, ram=args.ram, readonly=False)
-        with db:
-            if args.name in db:
+        name = check_name(args.name)
+        # what a failed import made, to be removed: the store, its directory
+        made = made_dir = False
+        if not _is_url(args.store):
+            made_dir = not os.path.exists(args.store)
+            made = not os.path.exists(os.path.join(args.store, "index.mdb"))
+        db = open_store(args.store, ram=args.ram, readonly=False,
+                        create=True)
+        done = False
+        try:
+            if name in db:
                 raise CLIError("%s: array %r exists (outcore rm first)" % (
-                    args.store, args.name))
-            a = db.create(args.name, shape, dtype, order=order)
-            db.commit()
-            done = False
-            try:
-                copy_in(db, a, f, want, out)
-                done = True
-            finally:
-                if not done:       # leave nothing half-imported
-                    try:
-                        db.abort()
-                        del a
-                        del db[args.name]
-                        db.commit()
-                    except outcore.Error:
-                        pass
-            out.say("imported %s: %s %s (%s) into %s" % (
-                path, "x".join(map(str, shape)) or "()", dtype_text(dtype),
-                fmt_bytes(want), args.name))
+                    args.store, name))
+            a = db.create(name, shape, dtype, order=order)
+            copy_in(db, a, f, want, out)
             del a
+            done = True
+        finally:
+            if done:
+                db.close()
+            else:                  # leave nothing half-imported
+                abandon(db, name, made and args.store, made_dir)
+        out.say("imported %s: %s %s (%s) into %s" % (
+            path, "x".join(map(str, shape)) or "()", dtype_text(dtype),
+            fmt_bytes(want), name))
     return 0
+
+
+def abandon(db, name, made, made_dir):
+    """After a failed import: take name back (abort, and delete it if a
+    commit of the import holds it), close the store, and remove it if the
+    import made it (made: its path; made_dir: its directory too) and it
+    holds no array.  SIGINT and SIGTERM wait until that is done."""
+    import outcore
+    sigs = {signal.SIGINT, signal.SIGTERM}
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, sigs)
+    try:
+        empty = False
+        try:
+            db.abort()
+            if name in db:
+                del db[name]
+                db.commit()
+        except outcore.Error:     # a name the store refused, say
+            pass
+        try:
+            empty = not db.names()
+        except outcore.Error:
+            pass
+        db.close()
+        if made and empty:
+            remove_store(made, made_dir)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 def copy_in(db, a, f, nbytes, out):
     """Stream nbytes of f into array a in block-aligned chunks, committing
-    every half budget so that the dirty data stays within it."""
+    every half budget (at least every block) so that the dirty data stays
+    within it."""
     if a.nbytes == 0 or not a.shape:
         if not a.shape:          # 0-d
             a[()] = numpy.frombuffer(f.read(a.dtype.itemsize), a.dtype)[0]
         db.commit()
         return
-    every = max(a.fileh.blksize, db.ram.budget // 2)
-    chunk = max(a.fileh.blksize, min(db.ram.budget // 8, 32 << 20))
+    bs = a.fileh.blksize
+    every = max(1, db.ram.budget // 2 // bs)      # dirty blocks at most
+    chunk = max(bs, min(db.ram.budget // 8, 32 << 20))
     dirty = 0
     with out.progress(nbytes, "import") as pr:
         for _, v in a.chunks(chunk):
-            b = flat_bytes(v)
-            prefault(b, db.path, a.name, write=True)
-            got = f.readinto(b)
-            if got != b.size:
-                raise CLIError("%s: file ended early" % (f.name,))
-            dirty += b.size
-            pr.update(b.size)
-            if dirty >= every:
-                db.commit()
-                dirty = 0
+            for b in block_pieces(flat_bytes(v), bs):
+                if dirty == every:                 # a piece dirties a block
+                    db.commit()
+                    dirty = 0
+                prefault(b, db.path, a.name, write=True)
+                got = f.readinto(b)
+                if got != b.size:
+                    raise CLIError("%s: file ended early" % (f.name,))
+                dirty += 1
+                pr.update(b.size)
         db.commit()
+
+
+def export_target(path, store):
+    """Where export writes path: (the file to write, whether it is new
+    data for a temporary file to be renamed over it at the end).
+
+    A regular file, or a new one: written to a temporary file next to it
+    (a symbolic link's target), renamed over it when complete, so that an
+    export that fails leaves the old file.  A device or a FIFO (/dev/null,
+    /dev/stdout, a pipe): written in place, as any program writes to it.
+    A directory, or a file of the store being read: a CLIError."""
+    from outcore.store import _is_url
+    if not path:
+        raise CLIError("the file name is empty")
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        st = None
+    except OSError as e:
+        raise CLIError("%s: %s" % (path, e.strerror or e)) from None
+    if st is not None and stat.S_ISDIR(st.st_mode):
+        raise CLIError("%s: is a directory" % (path,))
+    if st is not None and not stat.S_ISREG(st.st_mode):
+        return path, False
+    real = os.path.realpath(path)
+    if not _is_url(store):
+        home = os.path.realpath(store)
+        inside = os.path.commonpath([home, real]) == home
+        if not inside and st is not None:      # a hard link to a store file
+            for f in ("data", "index.mdb", "index.mdb-lock"):
+                try:
+                    inside = inside or os.path.samefile(
+                        path, os.path.join(home, f))
+                except OSError:
+                    pass
+        if inside:
+            raise CLIError("%s: is in the store %s: writing it would "
+                           "destroy the store" % (path, store))
+    return real, True
 
 
 def cmd_export(args, out):
     db = open_store(args.store, ram=args.ram)
     with db:
         a = get_array(db, args.name)
-        tmp = args.file + ".part"
+        dest, renamed = export_target(args.file, args.store)
+        tmp = None
         try:
-            f = open(tmp, "wb")
+            if renamed:
+                fd, tmp = tempfile.mkstemp(
+                    dir=os.path.dirname(dest), suffix=".part",
+                    prefix="." + os.path.basename(dest) + ".")
+                # as open() would make it, or as the file it replaces was
+                try:
+                    mode = stat.S_IMODE(os.stat(dest).st_mode)
+                except OSError:
+                    umask = os.umask(0)
+                    os.umask(umask)
+                    mode = 0o666 & ~umask
+                os.fchmod(fd, mode)
+                f = os.fdopen(fd, "wb")
+            else:
+                f = open(dest, "wb")
+            with f:
+                write_array(f, a, args, out)
+            if tmp:
+                os.replace(tmp, dest)
+                tmp = None
         except OSError as e:
             raise CLIError("%s: %s" % (args.file, e.strerror or e)) from None
-        ok = False
-        try:
-            with f:
-                if not args.raw:
-                    d = {"descr": _npformat.dtype_to_descr(a.dtype),
-                         "fortran_order": a.order == "F" and a.ndim > 1,
-                         "shape": a.shape}
-                    try:
-                        _npformat.write_array_header_1_0(f, d)
-                    except ValueError:
-                        _npformat.write_array_header_2_0(f, d)
-                if a.ndim == 0:
-                    f.write(numpy.asarray(a[()], a.dtype).tobytes())
-                elif a.nbytes:
-                    with out.progress(a.nbytes, "export") as pr:
-                        for _, v in a.chunks():
-                            b = flat_bytes(v)
-                            prefault(b, args.store, args.name)
-                            f.write(b)
-                            pr.update(b.size)
-            os.replace(tmp, args.file)
-            ok = True
         finally:
-            if not ok:
+            if tmp:
                 try:
                     os.unlink(tmp)
                 except OSError:
@@ -791,6 +935,29 @@ def cmd_export(args, out):
             dtype_text(a.dtype), fmt_bytes(a.nbytes), args.file))
         del a
     return 0
+
+
+def write_array(f, a, args, out):
+    """Write array a to the open file f: a .npy header (unless --raw),
+    then its bytes in its order, a block at a time."""
+    if not args.raw:
+        d = {"descr": _npformat.dtype_to_descr(a.dtype),
+             "fortran_order": a.order == "F" and a.ndim > 1,
+             "shape": a.shape}
+        # the oldest version that can say it (3.0, for UTF-8 field names,
+        # warns that old NumPy cannot read it: that is what it is for)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            _npformat._write_array_header(f, d, None)
+    if a.ndim == 0:
+        f.write(numpy.asarray(a[()], a.dtype).tobytes())
+    elif a.nbytes:
+        with out.progress(a.nbytes, "export") as pr:
+            for _, v in a.chunks():
+                for b in block_pieces(flat_bytes(v), a.fileh.blksize):
+                    prefault(b, args.store, args.name)
+                    f.write(b)
+                    pr.update(b.size)
 
 
 # ---- rm, check --------------------------------------------------------------
@@ -832,8 +999,12 @@ def cmd_check(args, out):
             with out.progress(a.nbytes, name) as pr:
                 holes, corrupt = probe_blocks(db, a, pr)
             for blk, e in corrupt:
+                # "FileH.load(0, 1): array 'x' block 0: why": the error
+                # names the array and block when the store did
                 msg = str(e).split(": ", 1)[-1]
-                problems.append("array %r block %d: %s" % (name, blk, msg))
+                if not msg.startswith("array "):
+                    msg = "array %r block %d: %s" % (name, blk, msg)
+                problems.append(msg)
             nb = nblocks(a)
             nbad += len(corrupt)
             total += nb - len(holes)
@@ -841,7 +1012,8 @@ def cmd_check(args, out):
                 name, nb, nb - len(holes), len(corrupt)))
             del a
     for p in problems:
-        print("outcore: %s: %s" % (args.store, p), file=sys.stderr)
+        print("outcore: %s" % oneline("%s: %s" % (args.store, p)),
+              file=sys.stderr)
     if problems:
         print("outcore: %s: %d problem%s found" % (
             args.store, len(problems), "" if len(problems) == 1 else "s"),
@@ -859,6 +1031,15 @@ def main(argv=None):
     the exit status."""
     argv = sys.argv[1:] if argv is None else list(argv)
     verbose = "-v" in argv or "--verbose" in argv
+    # bin/outcore ignores SIGINT's default while Python starts: here it
+    # becomes KeyboardInterrupt again, and SIGTERM the same, so that the
+    # commands clean up after themselves (in the main thread only: a
+    # caller's thread keeps its caller's handlers)
+    try:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGTERM, _on_sigterm)
+    except ValueError:
+        pass
     try:
         parser = build_parser()
         args = parser.parse_args(argv)
@@ -875,11 +1056,14 @@ def main(argv=None):
         out.debug("peak RSS %d bytes" % peak_rss())
         return rc
     except UsageError as e:
-        print("%s: %s" % (PROG, e), file=sys.stderr)
+        print("%s: %s" % (PROG, oneline(e)), file=sys.stderr)
         return 2
+    except Terminated:
+        print("%s: terminated" % PROG, file=sys.stderr)
+        return 128 + signal.SIGTERM
     except KeyboardInterrupt:
         print("%s: interrupted" % PROG, file=sys.stderr)
-        return 130
+        return 128 + signal.SIGINT
     except BrokenPipeError:
         try:
             sys.stdout = None
@@ -892,12 +1076,12 @@ def main(argv=None):
         if verbose:
             import traceback
             traceback.print_exc()
-        print("%s: %s" % (PROG, describe(e)), file=sys.stderr)
+        print("%s: %s" % (PROG, oneline(describe(e))), file=sys.stderr)
         return 1
 
 
 def describe(e):
-    """One line for an exception."""
+    """What an exception says (oneline() makes it one line)."""
     if isinstance(e, CLIError):
         return str(e)
     if isinstance(e, OSError) and e.strerror:
@@ -905,8 +1089,7 @@ def describe(e):
         return "%s: %s" % (where, e.strerror) if where else e.strerror
     if isinstance(e, MemoryError):
         return "out of memory: %s (try a smaller --ram or size)" % (e,)
-    msg = str(e) or type(e).__name__
-    return msg.replace("\n", " ")
+    return str(e) or type(e).__name__
 
 
 if __name__ == "__main__":
