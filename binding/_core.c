@@ -2432,6 +2432,16 @@ static PyObject *mod_strerror(PyObject *m, PyObject *arg)
 	return PyUnicode_FromString(oc_strerror((int)code));
 }
 
+static PyObject *mod_pagefault_install(PyObject *m, PyObject *unused)
+{
+	(void)m;
+	(void)unused;
+	int err = oc_pagefault_install();
+	if (err)
+		return raise_code(err, "pagefault_install()");
+	Py_RETURN_NONE;
+}
+
 static PyObject *mod_ram_default(PyObject *m, PyObject *args)
 {
 	(void)m;
@@ -2525,6 +2535,10 @@ static PyMethodDef module_methods[] = {
 	 "'64k' (binary units); an int is returned unchanged."},
 	{"strerror", (PyCFunction)mod_strerror, METH_O,
 	 "strerror(code) -> str\n\nThe message of a core return code."},
+	{"pagefault_install", (PyCFunction)mod_pagefault_install, METH_NOARGS,
+	 "pagefault_install()\n\nPut outcore's SIGSEGV handler back on top if "
+	 "another replaced it (it chains to that one); done by every handle "
+	 "open, and after faulthandler.enable()."},
 	{"ram_default", (PyCFunction)mod_ram_default, METH_VARARGS,
 	 "ram_default(pagesize=2MiB) -> RAM\n\nThe shared default RAM for a "
 	 "page size (what fileh_open(ram=None) uses)."},

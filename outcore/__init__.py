@@ -61,6 +61,27 @@ from .store import Store, StoreArray, open  # noqa: F401
 
 __version__ = _core.core_version
 
+
+def _after_faulthandler():
+    """faulthandler.enable() puts its SIGSEGV handler over outcore's, which
+    would then take every page fault of managed memory for a crash: after
+    it, outcore's goes back on top (and passes real crashes on to it, so
+    they still print their traceback)."""
+    import faulthandler
+    enable = faulthandler.enable
+    if getattr(enable, "_outcore", False):
+        return
+
+    def outcore_enable(*args, **kwargs):
+        enable(*args, **kwargs)
+        _core.pagefault_install()
+    outcore_enable.__doc__ = enable.__doc__
+    outcore_enable._outcore = True
+    faulthandler.enable = outcore_enable
+
+
+_after_faulthandler()
+
 __all__ = [
     "BigArray", "memmap", "prefault", "mem", "open", "Store", "StoreArray",
     "BigFile", "MemFile", "PlainFile", "RAM", "FileH", "VMA",

@@ -47,6 +47,8 @@
 static struct sigaction prev;
 static pthread_mutex_t install_lock = PTHREAD_MUTEX_INITIALIZER;
 static int installed;
+static void (*ours)(int, siginfo_t *, void *); /* our handler, installed */
+static struct sigaction ours_sa;
 static bool trust_error_code;
 oc_fatal_hook_t _oc_fatal_hook;
 
@@ -70,17 +72,26 @@ void _oc_die(int sig)
 	_exit(128 + sig);
 }
 
+/* Set while this thread runs the handler we chain to: one that restores
+ * its own predecessor (us, when it was installed after us) and raises the
+ * signal again, as Python's faulthandler does, reaches us again here, and
+ * gets the default action instead of a loop. */
+static __thread int chaining;
+
 static void chain(int sig, siginfo_t *si, void *uc)
 {
 	struct sigaction sa;
 
 	/* sa_handler and sa_sigaction share storage: SIG_DFL and SIG_IGN
 	 * are never functions, whatever the flags say. */
-	if (prev.sa_handler != SIG_DFL && prev.sa_handler != SIG_IGN) {
+	if (prev.sa_handler != SIG_DFL && prev.sa_handler != SIG_IGN &&
+	    !chaining) {
+		chaining = 1;
 		if (prev.sa_flags & SA_SIGINFO)
 			prev.sa_sigaction(sig, si, uc);
 		else
 			prev.sa_handler(sig);
+		chaining = 0;
 		return;
 	}
 	/* No handler before us: the default action, at the faulting
@@ -225,12 +236,24 @@ here:
 
 int oc_pagefault_install(void)
 {
-	struct sigaction sa;
+	struct sigaction sa, cur;
 	int err = 0;
 
 	pthread_mutex_lock(&install_lock);
-	if (installed)
+	if (installed) {
+		/* Still ours?  A handler installed after ours (Python's
+		 * faulthandler.enable(), say) would take every fault of
+		 * managed memory for a crash: ours goes on top again, and
+		 * chains to it. */
+		if (sigaction(SIGSEGV, NULL, &cur) || !(cur.sa_flags & SA_SIGINFO) ||
+		    cur.sa_sigaction != ours) {
+			if (sigaction(SIGSEGV, &ours_sa, &cur) == 0)
+				prev = cur;
+			else
+				err = -errno;
+		}
 		goto out;
+	}
 	trust_error_code = !_oc_os_under_valgrind();
 	memset(&sa, 0, sizeof sa);
 	/* The sanitizers and valgrind do not follow a stack switch: there,
@@ -246,6 +269,8 @@ int oc_pagefault_install(void)
 		err = -errno;
 		goto out;
 	}
+	ours = sa.sa_sigaction;
+	ours_sa = sa;
 	installed = 1;
 out:
 	pthread_mutex_unlock(&install_lock);

@@ -291,6 +291,57 @@ static void c_old_plain(void *arg)
 	_exit(0);
 }
 
+/* A handler installed after ours (a crash reporter, Python's
+ * faulthandler.enable()) took managed faults for crashes: the next
+ * oc_pagefault_install (every oc_fileh_open calls it) puts ours on top
+ * again, chaining to it. */
+static void c_later_handler(void *arg)
+{
+	struct sigaction sa;
+	(void)arg;
+	child_open("tlater");
+	sink = *tf_at(cbase, PS, 0, 0);
+	memset(&sa, 0, sizeof(sa));
+	sa.sa_sigaction = old_siginfo_handler;
+	sa.sa_flags = SA_SIGINFO;
+	sigaction(SIGSEGV, &sa, NULL);
+	if (oc_pagefault_install())
+		_exit(95);
+	sink = *tf_at(cbase, PS, 1, 0); /* served by outcore */
+	expected_addr = (void *)null_ptr;
+	*null_ptr = 1;                  /* the later handler's */
+	_exit(0);
+}
+
+/* One that restores its predecessor (ours) and raises the signal again,
+ * as faulthandler does: the raised signal gets the default action, not
+ * the same handler again and again. */
+static struct sigaction reraise_prev;
+
+static void reraise_handler(int sig)
+{
+	static const char msg[] = "reraise\n";
+	(void)!write(2, msg, sizeof msg - 1);
+	sigaction(SIGSEGV, &reraise_prev, NULL);
+	raise(sig);
+}
+
+static void c_reraising_handler(void *arg)
+{
+	struct sigaction sa;
+	(void)arg;
+	child_open("treraise");
+	memset(&sa, 0, sizeof(sa));
+	sa.sa_handler = reraise_handler;
+	sa.sa_flags = SA_NODEFER;
+	sigaction(SIGSEGV, &sa, &reraise_prev);
+	if (oc_pagefault_install())
+		_exit(95);
+	sink = *tf_at(cbase, PS, 0, 0);
+	*null_ptr = 1;
+	_exit(0);
+}
+
 static void test_outside(void)
 {
 	struct child c;
@@ -322,6 +373,14 @@ static void test_outside(void)
 	run_child(c_old_plain, NULL, &c);
 	CHECK(died_of(&c, SIGUSR2), "previous plain handler called (%s)",
 	      how(&c));
+	run_child(c_later_handler, NULL, &c);
+	CHECK(died_of(&c, SIGUSR1), "a handler installed later: ours back on "
+	      "top serves the fault, the other gets the crash (%s)", how(&c));
+	run_child(c_reraising_handler, NULL, &c);
+	CHECK(died_of(&c, SIGSEGV) && strstr(c.err, "reraise\n") &&
+	      !strstr(strstr(c.err, "reraise\n") + 1, "reraise\n"),
+	      "a later handler that raises again: called once, then the "
+	      "default action (%s)", how(&c));
 }
 
 /* ---- loadblk errors inside a fault ---------------------------------- */

@@ -190,12 +190,15 @@ OC_API int oc_fileh_load(oc_fileh_t *fh, uint64_t blk, uint64_t n);
  * Returns 0, -EINVAL (bad flags), or the first loadblk error. */
 OC_API int oc_prefault(void *addr, size_t len, int flags);
 
-/* Install the SIGSEGV handler (idempotent; oc_fileh_open does it).  The
- * handler serves faults in managed memory and passes every other fault to
- * the handler installed before it, or, when there was none, restores the
+/* Install the SIGSEGV handler (oc_fileh_open does it).  The handler
+ * serves faults in managed memory and passes every other fault to the
+ * handler installed before it, or, when there was none, restores the
  * default action so that the fault kills the process with a core dump at
  * the faulting instruction.  errno is preserved across a served fault.
- * Returns 0 or -errno from sigaction. */
+ * Called again after another handler replaced ours (a crash reporter
+ * installed later, Python's faulthandler.enable()), it puts ours back on
+ * top, chaining to that one; otherwise it does nothing.  Not from a signal
+ * handler.  Returns 0 or -errno from sigaction. */
 OC_API int oc_pagefault_install(void);
 
 /* Hooks a language binding registers so that the core releases the

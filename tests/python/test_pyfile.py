@@ -308,6 +308,31 @@ def test_fork_child_opens_anew_on_the_default_ram():
     assert outcore.MemFile(PS).fileh_open().ram is fh.ram   # ours still
 
 
+def test_faulthandler_enabled_after_the_first_handle():
+    """faulthandler.enable() after outcore's handler is installed: page
+    faults are still served (every one crashed the process), and a real
+    crash still gets faulthandler's traceback."""
+    code = """
+        import ctypes, faulthandler, sys, numpy, outcore
+        fh = outcore.MemFile(4096).fileh_open(outcore.RAM(4096))
+        a = numpy.frombuffer(fh.mmap(0, 8), numpy.uint8)
+        a[0] = 1
+        faulthandler.enable()
+        a[5 * 4096] = 2
+        print("served", a[0], a[5 * 4096], flush=True)
+        if len(sys.argv) > 1:
+            ctypes.string_at(16)
+        """
+    r = run_child(code)
+    assert r.returncode == 0 and "served 1 2" in r.stdout, r.stderr
+    r = subprocess.run([sys.executable, "-c", textwrap.dedent(code), "crash"],
+                       capture_output=True, text=True, timeout=60,
+                       env=dict(os.environ, PYTHONPATH=ROOT), cwd=ROOT)
+    assert "served 1 2" in r.stdout
+    assert r.returncode == -signal.SIGSEGV, (r.returncode, r.stderr)
+    assert "Segmentation fault" in r.stderr and "string_at" in r.stderr
+
+
 def test_transient_loadblk_failure_in_fault_is_retried():
     r = run_child("""
         import numpy, outcore
