@@ -124,9 +124,13 @@ def _dtype_text(dtype):
     return text
 
 
+_ATTRS_MAX = 1 << 20   # bytes of attrs JSON a store holds (store.h)
+
+
 def _attrs_text(attrs):
-    """JSON text of an attrs dict; TypeError if it is not JSON-serialisable
-    (checked before anything changes)."""
+    """JSON text of an attrs dict; TypeError if it is not JSON-serialisable,
+    InvalidArgument past 1 MiB of UTF-8 (checked before anything
+    changes)."""
     if attrs is None:
         return "{}"
     if not isinstance(attrs, dict):
@@ -139,9 +143,15 @@ def _attrs_text(attrs):
         if not isinstance(k, str):
             raise TypeError("attrs keys must be str, not %r" % (k,))
     try:
-        return json.dumps(attrs, allow_nan=False, ensure_ascii=False)
+        text = json.dumps(attrs, allow_nan=False, ensure_ascii=False)
     except (TypeError, ValueError) as e:
         raise TypeError("attrs must be JSON-serialisable: %s" % (e,)) from None
+    n = len(text.encode("utf-8", "surrogatepass"))
+    if n > _ATTRS_MAX:
+        raise _error(_core.InvalidArgument, -22, "attrs take %d bytes as "
+                     "JSON, more than the 1 MiB a store holds: keep big "
+                     "data in arrays" % (n,))
+    return text
 
 
 def _check_name(name):
@@ -346,8 +356,10 @@ class Store:
         "C" or "F"; blksize: None for the RAM's page size (the only block
         size this store object can open); attrs: a JSON-serialisable dict.
         Bad input raises before anything changes: TypeError (dtype, attrs,
-        name), ValueError / :class:`outcore.InvalidArgument` (shape, order,
-        blksize, a name with control characters or longer than 255 bytes),
+        name; NumPy's own ValueError for a dtype it cannot make, such as
+        overlapping fields), ValueError / :class:`outcore.InvalidArgument`
+        (shape, order, blksize, a name that is empty, has control
+        characters or is longer than 255 bytes, attrs over 1 MiB as JSON),
         :class:`outcore.ExistsError` if the name exists.
         """
         st = self._core()

@@ -551,6 +551,10 @@ def test_bad_input_changes_nothing(path):
             db.create("x", 3, "<f8", attrs={"n": float("nan")})
         with pytest.raises(TypeError):
             db.create("x", 3, "<f8", attrs={1: "int key"})
+        with pytest.raises(outcore.InvalidArgument, match="1 MiB"):
+            db.create("x", 3, "<f8", attrs={"big": "x" * (1 << 20)})
+        with pytest.raises(outcore.InvalidArgument, match="1 MiB"):
+            A.attrs["big"] = "x" * (1 << 20)
         for bad, why in (("", "empty"), ("a\nb", "U\\+000A"),
                          ("tab\there", "U\\+0009"), ("n" * 256, "256 bytes"),
                          ("\u00e9" * 128, "256 bytes"),
