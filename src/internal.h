@@ -318,6 +318,10 @@ struct oc_fileh {
 	uint64_t store_gen;    /* generation of the last STORE pass */
 	bool store_pending;    /* a STORE was not yet followed by MARKSTORED */
 	int nbusy;     /* pages busy with the lock released */
+	/* A store's handle: written out only by oc_store_commit, which sets
+	 * owner_writing meanwhile; a writeout by hand gets -EPERM. */
+	bool owned_writeout;
+	bool owner_writing;
 };
 
 /* Whether oc_fileh_close would refuse fh now (-EBUSY: mappings, a

@@ -317,19 +317,22 @@ int oc_ram_set_budget(oc_ram_t *ram, uint64_t budget)
 
 int oc_ram_stats(oc_ram_t *ram, oc_ram_stats_t *st)
 {
+	oc_ram_stats_t s;
+
 	if (!ram || !st)
 		return -EINVAL;
 	_oc_lock();
-	*st = ram->st;
-	st->budget = ram->budget;
-	st->pagesize = ram->pagesize;
-	st->used = _oc_ram_used(ram);
-	st->ram_pages = ram->ram_pages;
-	st->dirty_pages = ram->dirty_pages;
-	st->base_blocks = ram->base_blocks;
-	st->patched_pages = ram->patched_pages;
-	st->patch_bytes = ram->sub_bytes;
+	s = ram->st;
+	s.budget = ram->budget;
+	s.pagesize = ram->pagesize;
+	s.used = _oc_ram_used(ram);
+	s.ram_pages = ram->ram_pages;
+	s.dirty_pages = ram->dirty_pages;
+	s.base_blocks = ram->base_blocks;
+	s.patched_pages = ram->patched_pages;
+	s.patch_bytes = ram->sub_bytes;
 	_oc_unlock();
+	*st = s; /* st may be managed memory: its fault needs the lock */
 	return 0;
 }
 

@@ -711,6 +711,7 @@ int oc_store_array_fileh(oc_store_t *st, const char *name, oc_fileh_t **out)
 		err = oc_fileh_open(&sa->fh, &sa->file, st->ram);
 		if (err)
 			return err;
+		sa->fh->owned_writeout = true; /* oc_store_commit writes */
 	}
 	*out = sa->fh;
 	return 0;
@@ -836,7 +837,9 @@ int oc_store_commit(oc_store_t *st)
 		if (sa->gone || sa->deleted || !sa->fh)
 			continue;
 		st->committing = sa;
+		sa->fh->owner_writing = true;
 		err = oc_fileh_writeout(sa->fh, OC_WRITEOUT_STORE);
+		sa->fh->owner_writing = false;
 		st->committing = NULL;
 	}
 	/* Arrays cut short: what is stored past their end goes (one created
@@ -874,8 +877,11 @@ int oc_store_commit(oc_store_t *st)
 		}
 		sa->new_id = 0;
 		sa->meta_dirty = false;
-		if (sa->fh)
+		if (sa->fh) {
+			sa->fh->owner_writing = true;
 			oc_fileh_writeout(sa->fh, OC_WRITEOUT_MARKSTORED);
+			sa->fh->owner_writing = false;
+		}
 		if (sa->trunc != NO_TRUNC) {
 			/* cached pages there show what is no longer stored */
 			invalidate_from(sa, sa->trunc);

@@ -97,6 +97,8 @@ static int nfileh_open; /* handles open in this process */
 
 int oc_set_lock_hooks(const oc_lock_hooks_t *hooks)
 {
+	if (hooks && !hooks->release != !hooks->reacquire)
+		return -EINVAL; /* one without the other would hang */
 	_oc_lock();
 	if (nfileh_open) {
 		_oc_unlock();
@@ -1612,6 +1614,8 @@ int oc_fileh_writeout(oc_fileh_t *fh, int flags)
 
 	if (!fh || !flags || (flags & ~(OC_WRITEOUT_STORE | OC_WRITEOUT_MARKSTORED)))
 		return -EINVAL;
+	if (fh->owned_writeout && !fh->owner_writing)
+		return -EPERM; /* a store's: only its commit writes out */
 	file = fh->file;
 	ram = fh->ram;
 	err = lock_idle(fh);
@@ -1737,6 +1741,8 @@ int oc_fileh_isdirty(oc_fileh_t *fh)
 {
 	int d;
 
+	if (!fh)
+		return -EINVAL;
 	_oc_lock();
 	d = fh->dirty.count != 0;
 	_oc_unlock();
@@ -1745,20 +1751,36 @@ int oc_fileh_isdirty(oc_fileh_t *fh)
 
 int64_t oc_fileh_dirty_blocks(oc_fileh_t *fh, uint64_t *blks, uint64_t max)
 {
-	uint64_t k, n = 0;
+	uint64_t k = 0, n = 0, got[64];
+	unsigned m;
 	struct page *p;
+	bool more = true;
 
 	if (!fh || (max && !blks))
 		return -EINVAL;
-	_oc_lock();
-	for (k = 0; (p = oc_pagemap_next(&fh->dirty, &k)); k++) {
-		if (n < max)
-			blks[n] = k;
-		n++;
-		if (k == UINT64_MAX)
-			break;
+	/* In batches, written to blks with the lock released: blks may be
+	 * managed memory not loaded yet, whose fault needs the lock. */
+	while (more) {
+		m = 0;
+		_oc_lock();
+		more = false;
+		for (; (p = oc_pagemap_next(&fh->dirty, &k)); k++) {
+			if (n + m < max) {
+				if (m == sizeof got / sizeof got[0]) {
+					more = true;
+					break;
+				}
+				got[m] = k;
+			}
+			m++;
+			if (k == UINT64_MAX)
+				break;
+		}
+		_oc_unlock();
+		for (unsigned i = 0; i < m && n + i < max; i++)
+			blks[n + i] = got[i];
+		n += m;
 	}
-	_oc_unlock();
 	return (int64_t)n;
 }
 

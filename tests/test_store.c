@@ -1663,6 +1663,10 @@ static void test_bad_input(const char *path)
 		fill(&a, 0, 42);
 		CHECK_EQ(oc_fileh_writeout(a.fh, OC_WRITEOUT_STORE | OC_WRITEOUT_MARKSTORED),
 			 -EPERM, "writeout by hand: EPERM");
+		/* marking alone stored nothing and forgot the changes */
+		CHECK_EQ(oc_fileh_writeout(a.fh, OC_WRITEOUT_MARKSTORED), -EPERM,
+			 "marking stored by hand: EPERM");
+		CHECK_EQ(oc_fileh_isdirty(a.fh), 1, "the changes are still dirty");
 		CHECK_EQ(oc_store_abort(s), 0, "abort");
 		view_close(&a);
 	}

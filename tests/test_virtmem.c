@@ -1180,6 +1180,62 @@ out:
 	free(buf);
 }
 
+/* Calls that fill a caller's buffer with the core lock held faulted on
+ * a buffer in managed memory not loaded yet, and the fault waited for
+ * that lock for ever: they fill it with the lock released now.  An alarm
+ * ends the program if one hangs.  Then small argument checks. */
+static void test_results_into_managed_memory(void)
+{
+	const size_t ps = 4 * KiB;
+	oc_lock_hooks_t half = {0};
+	oc_ram_stats_t *st;
+	oc_fileh_t *fh = NULL;
+	oc_vma_t *v = NULL;
+	oc_ram_t *ram;
+	uint64_t *out;
+	char *a;
+	tfile_t tf;
+	int err;
+
+	printf("# results written into managed memory\n");
+	ram = tf_ram(ps, 64 * ps, &err);
+	if (!ram || tfile_init(&tf, ps, "tout")) {
+		CHECK(0, "RAM and file (%d)", err);
+		return;
+	}
+	err = oc_fileh_open(&fh, &tf.file, ram);
+	if (!err)
+		err = oc_fileh_mmap(fh, 0, 8, &v);
+	CHECK_EQ(err, 0, "open and map");
+	if (!err) {
+		a = oc_vma_addr(v);
+		a[0] = 1;
+		a[2 * ps] = 1;
+		out = (uint64_t *)(a + 4 * ps); /* block 4: not loaded */
+		alarm(120);
+		CHECK_EQ(oc_fileh_dirty_blocks(fh, out, 4), 2,
+			 "dirty blocks into an unloaded block: 2");
+		CHECK(out[0] == 0 && out[1] == 2, "blocks 0 and 2 (%llu, %llu)",
+		      (unsigned long long)out[0], (unsigned long long)out[1]);
+		st = (oc_ram_stats_t *)(a + 6 * ps);
+		CHECK_EQ(oc_ram_stats(ram, st), 0, "RAM stats into an unloaded block");
+		CHECK(st->pagesize == ps, "they are there (page size %llu)",
+		      (unsigned long long)st->pagesize);
+		alarm(0);
+		oc_fileh_discard(fh);
+		oc_vma_unmap(v);
+	}
+	if (fh)
+		oc_fileh_close(fh);
+	oc_file_put(&tf.file);
+	CHECK_EQ(oc_ram_close(ram), 0, "close RAM");
+
+	CHECK_EQ(oc_fileh_isdirty(NULL), -EINVAL, "isdirty(NULL): EINVAL");
+	half.release = (void *(*)(void))1;
+	CHECK_EQ(oc_set_lock_hooks(&half), -EINVAL,
+		 "lock hooks: release without reacquire: EINVAL");
+}
+
 int main(void)
 {
 	test_transitions(4 * KiB);
@@ -1187,6 +1243,7 @@ int main(void)
 	test_transitions(2 * MiB);
 	test_writeout_errors();
 	test_bad_args();
+	test_results_into_managed_memory();
 	test_prefault();
 	test_memfile(4 * KiB);
 	test_memfile(2 * MiB);

@@ -164,7 +164,7 @@ OC_API int oc_fileh_discard(oc_fileh_t *fh);
  * from another thread while this handle's loadblk runs. */
 OC_API int oc_fileh_invalidate(oc_fileh_t *fh, uint64_t blk);
 
-/* Whether the handle has dirty pages (1 or 0). */
+/* Whether the handle has dirty pages (1 or 0), or -EINVAL (NULL). */
 OC_API int oc_fileh_isdirty(oc_fileh_t *fh);
 
 /* The dirty blocks in ascending order.  Stores up to max block numbers in
@@ -206,7 +206,8 @@ OC_API int oc_pagefault_install(void);
  * or for another thread's load, and retakes it afterwards.  release()
  * returns a token handed back to reacquire(); it must do nothing and return
  * NULL when the calling thread does not hold the global lock.  Set once,
- * before any handle is opened; NULL removes them.  Returns 0 or -EBUSY. */
+ * before any handle is opened; NULL removes them.  Returns 0, -EINVAL
+ * (release without reacquire, or the reverse) or -EBUSY. */
 typedef struct oc_lock_hooks {
 	void *(*release)(void);
 	void (*reacquire)(void *token);
