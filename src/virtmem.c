@@ -943,17 +943,36 @@ static void add_granules(oc_ram_t *ram, unsigned n)
 	_oc_ram_note_used(ram);
 }
 
-/* Show patched page p at addr with its granules mapped with gprot: the
- * base read-only (not populated: only what is touched costs), the
- * granules over it. */
+/* Map granules [a, b) of patched page p's base at addr, read-only (not
+ * populated: only what is touched costs). */
+static int map_base_part(oc_ram_t *ram, struct page *p, char *addr,
+			 unsigned a, unsigned b)
+{
+	return _oc_os_map_fixed(addr + ((size_t)a << ram->granshift),
+				(size_t)(b - a) << ram->granshift, PROT_READ,
+				p->base_fd,
+				p->base_off + ((uint64_t)a << ram->granshift), false);
+}
+
+/* Show patched page p at addr (not showing it now) with its granules
+ * mapped with gprot and its base in the gaps between them.  The granules
+ * go first and the base never covers them, even for an instant: another
+ * thread reading there meanwhile would have read the file's old bytes
+ * (and a read-modify-write lost an update); it faults instead, and waits
+ * for this. */
 static int show_patched(oc_ram_t *ram, struct page *p, char *addr, int gprot)
 {
-	unsigned i = 0, a, b;
-	int err = _oc_os_map_fixed(addr, ram->pagesize, PROT_READ, p->base_fd,
-				   p->base_off, false);
+	unsigned i = 0, a, b, at = 0;
+	int err = 0;
 
-	while (!err && next_run(p->sub, ram->ngran, &i, &a, &b))
+	while (!err && next_run(p->sub, ram->ngran, &i, &a, &b)) {
 		err = map_granules(ram, p, addr, a, b, gprot);
+		if (!err && a > at)
+			err = map_base_part(ram, p, addr, at, a);
+		at = b;
+	}
+	if (!err && at < ram->ngran)
+		err = map_base_part(ram, p, addr, at, ram->ngran);
 	return err;
 }
 

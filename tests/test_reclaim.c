@@ -14,6 +14,7 @@
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -758,6 +759,60 @@ static void test_spanning_access(void)
 	}
 }
 
+/* A patched block (a granule written over its base) that reclaim
+ * unmaps and a read maps again, over and over, while another thread
+ * increments a counter in its granule: mapping it again showed the base
+ * over the whole block before the granules, and an increment in between
+ * read the file's old bytes (updates were lost by the million). */
+static volatile unsigned char *remap_a;
+static volatile int remap_stop;
+
+static void *remapper(void *arg)
+{
+	oc_ram_t *ram = arg;
+	int n = _oc_os_under_valgrind() ? 200 : 20000;
+
+	for (int i = 0; i < n; i++) {
+		oc_ram_set_budget(ram, 64 * KiB); /* unmaps the patched block */
+		oc_ram_set_budget(ram, 64 * 64 * KiB);
+		(void)remap_a[0];                 /* maps it again */
+	}
+	remap_stop = 1;
+	return NULL;
+}
+
+static void test_remap_patched_under_writer(void)
+{
+	struct plain x;
+	pthread_t t;
+	uint64_t n = 0;
+	volatile uint64_t *c;
+
+	printf("# a patched block mapped again while another thread writes it\n");
+	if (plain_open(&x, 64 * KiB, 1, 64))
+		return;
+	remap_a = (volatile unsigned char *)x.a;
+	(void)remap_a[0];
+	remap_a[8192] = 42;                  /* granule 2 of 16: patched */
+	c = (volatile uint64_t *)(x.a + 8200);
+	*c = 0;
+	remap_stop = 0;
+	if (pthread_create(&t, NULL, remapper, x.ram)) {
+		CHECK(0, "pthread_create");
+	} else {
+		while (!remap_stop) {
+			(*c)++;
+			n++;
+		}
+		pthread_join(t, NULL);
+		CHECK(*c == n && remap_a[8192] == 42,
+		      "%llu increments, the counter holds %llu",
+		      (unsigned long long)n, (unsigned long long)*c);
+	}
+	oc_fileh_discard(x.fh);
+	plain_close(&x);
+}
+
 int main(void)
 {
 	test_lru();
@@ -768,6 +823,7 @@ int main(void)
 	test_base_budget();
 	test_base_runs();
 	test_spanning_access();
+	test_remap_patched_under_writer();
 	test_big();
 	return check_done();
 }
