@@ -789,7 +789,7 @@ static bool has_changes(oc_store_t *st)
 int oc_store_commit(oc_store_t *st)
 {
 	struct sarray *sa;
-	int err, pass;
+	int err, rerr, pass;
 
 	if (!st)
 		return -EINVAL;
@@ -857,6 +857,13 @@ int oc_store_commit(oc_store_t *st)
 	if (err)
 		goto fail;
 
+	/* The data is durable.  The next snapshot comes first: loads from
+	 * here on (another thread's, of a block the loop below drops) must
+	 * see this commit; from the old snapshot they cached what it
+	 * replaced, for good (the renewal passes over our own commit).  A
+	 * failure to take it is reported, but the commit stands. */
+	rerr = renew(st);
+
 	/* Committed: make the records and pages say so. */
 	for (sa = st->arrays; sa; sa = sa->next) {
 		if (sa->gone)
@@ -888,14 +895,9 @@ int oc_store_commit(oc_store_t *st)
 			sa->trunc = NO_TRUNC;
 		}
 	}
-	st->failed = false;
+	st->failed = rerr != 0;
 	st->n_commits++;
-	/* The data is durable: a failure to take the next snapshot is
-	 * reported, but the commit stands. */
-	err = renew(st);
-	if (err)
-		st->failed = true;
-	return err;
+	return rerr;
 
 fail:
 	for (sa = st->arrays; sa; sa = sa->next)

@@ -16,6 +16,7 @@
 #include <fcntl.h>
 #include <lmdb.h>
 #include <signal.h>
+#include <pthread.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 
@@ -1927,6 +1928,85 @@ static void test_unwritable(const char *path)
 	chmod(base, 0700);
 }
 
+/* Another thread reads a patched block (a granule written over its
+ * mapped extent) while the commit stores it: the commit drops the page,
+ * and a load in between used to come from the snapshot the commit
+ * replaced, and stay (the next snapshot passes over our own commit).
+ * Many blocks of a second array make that window long. */
+static volatile char *cr_a;
+static volatile int cr_stop;
+
+static void *cr_reader(void *arg)
+{
+	unsigned long n = 0;
+	(void)arg;
+	while (!cr_stop)
+		n += (unsigned char)cr_a[0];
+	return (void *)n;
+}
+
+static void test_commit_with_reader(const char *path)
+{
+	enum { NB = 512 };
+	oc_array_meta_t m;
+	oc_ram_t *r;
+	oc_store_t *s = NULL;
+	oc_fileh_t *fa, *fb;
+	oc_vma_t *va = NULL, *vb = NULL;
+	pthread_t t;
+	int err;
+
+	printf("# a thread reads a block while the commit stores it\n");
+	r = tf_ram(BS, (uint64_t)2 * NB * BS, &err);
+	memset(&m, 0, sizeof m);
+	m.ndim = 1;
+	m.shape[0] = (uint64_t)NB * BS;
+	m.dtype = "|u1";
+	m.order = 'C';
+	m.blksize = BS;
+	err = r ? oc_store_open(&s, path, OC_STORE_CREATE, r) : -ENOMEM;
+	if (!err)
+		err = oc_store_create(s, "b", &m);
+	if (!err)
+		err = oc_store_create(s, "a", &m);
+	if (!err)
+		err = oc_store_array_fileh(s, "a", &fa);
+	if (!err)
+		err = oc_store_array_fileh(s, "b", &fb);
+	if (!err)
+		err = oc_fileh_mmap(fa, 0, 1, &va);
+	if (!err)
+		err = oc_fileh_mmap(fb, 0, NB, &vb);
+	CHECK_EQ(err, 0, "a store, arrays a and b mapped");
+	if (!err) {
+		char *b = oc_vma_addr(vb);
+		cr_a = oc_vma_addr(va);
+		memset((char *)cr_a, 'o', BS);
+		CHECK_EQ(oc_store_commit(s), 0, "commit 'o'");
+		oc_fileh_invalidate(fa, 0); /* mapped from its extent next */
+		CHECK_EQ(cr_a[0], 'o', "read back");
+		cr_a[0] = 'N';              /* a granule over the extent */
+		for (int i = 0; i < NB; i++)
+			b[(size_t)i * BS] = 1;
+		cr_stop = 0;
+		if (pthread_create(&t, NULL, cr_reader, NULL) == 0) {
+			usleep(10000);
+			CHECK_EQ(oc_store_commit(s), 0, "commit 'N' while it reads");
+			cr_stop = 1;
+			pthread_join(t, NULL);
+			CHECK(cr_a[0] == 'N', "after the commit: %c (want N)", cr_a[0]);
+		}
+	}
+	if (va)
+		oc_vma_unmap(va);
+	if (vb)
+		oc_vma_unmap(vb);
+	if (s)
+		CHECK_EQ(oc_store_close(s), 0, "close");
+	if (r)
+		oc_ram_close(r);
+}
+
 int main(void)
 {
 	char p[600], c[600];
@@ -1964,6 +2044,8 @@ int main(void)
 	test_arena_split(p);
 	path_of(p, sizeof p, "partial");
 	test_partial(p);
+	path_of(p, sizeof p, "reader");
+	test_commit_with_reader(p);
 	path_of(p, sizeof p, "crash");
 	test_crash(p);
 	rm_tree(base);
