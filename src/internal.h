@@ -365,7 +365,8 @@ void _oc_page_drop_run(struct page *p, unsigned n, uintptr_t lo);
  * error: -EDEADLK for a fault from inside an op of the same handle, else a
  * load error.  *fi tells which file and block. */
 struct oc_fault_info {
-	uint64_t blk;
+	uintptr_t ip;      /* in: the faulting instruction, or 0 */
+	uint64_t blk;      /* out: the block, and its file, for messages */
 	const char *file;
 };
 int _oc_serve(uintptr_t addr, int write, struct oc_fault_info *fi);

@@ -119,12 +119,15 @@ static void on_segv_body(int sig, siginfo_t *si, void *uc)
 {
 	int saved = errno, r, attempt = 0;
 	uintptr_t addr = (uintptr_t)si->si_addr;
-	struct oc_fault_info fi = {0, NULL};
+	struct oc_fault_info fi = {0, 0, NULL};
 	int write;
 
 	if (si->si_code <= 0)
 		goto pass; /* kill(), sigqueue(), ...: not a fault */
 	write = access_kind(uc);
+#if defined(__x86_64__) && defined(REG_RIP)
+	fi.ip = (uintptr_t)((ucontext_t *)uc)->uc_mcontext.gregs[REG_RIP];
+#endif
 	for (;;) {
 		r = _oc_serve(addr, write, &fi);
 		if (r == 0) {

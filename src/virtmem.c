@@ -1284,18 +1284,24 @@ static int fault_page(struct oc_vma *v, uintptr_t addr, int write,
 	return err;
 }
 
-/* An access that spans two pages (an unaligned load across a block
- * boundary, say) faults on the second right after the first.  When the
- * budget has room for one of them only, loading the second reclaims the
- * first, the access restarts and faults on the first again, for ever.  So
- * the page of this thread's last fault is kept (off the clean list, out
- * of reclaim's reach) while the fault that comes within SPAN_MAX bytes of
- * it is served: the budget is exceeded by that page when nothing else
- * can go.  Faults of a scan are a page apart: they keep nothing.  The
- * page is found again from the address (it may be gone: nothing
- * dangles). */
+/* An instruction that needs two pages at once faults on one, then on
+ * the other.  When the budget has room for one of them only, loading the
+ * second reclaims the first, the instruction restarts and faults on the
+ * first again, for ever.  So the page of this thread's last fault is kept
+ * (off its LRU list, out of reclaim's reach) while the next one is
+ * served, when they are one instruction's: within SPAN_MAX bytes of each
+ * other (an unaligned load across a block boundary), or at the same
+ * instruction, which faults again on the block it faulted on before the
+ * last (a string instruction between two blocks far apart: the second
+ * round keeps both).  The budget is exceeded by that page when nothing
+ * else can go.  A scan's faults are a block apart, never on one it left
+ * two faults ago: it keeps nothing.  Pages are found again from their
+ * addresses (they may be gone: nothing dangles). */
 #define SPAN_MAX 256
-static __thread uintptr_t last_fault;
+static __thread struct {
+	uintptr_t addr, ip;    /* this thread's last fault */
+	uintptr_t before;      /* the one before it */
+} last;
 
 /* The page of the block shown at addr (lock held), or NULL. */
 static struct page *page_at(uintptr_t addr)
@@ -1308,15 +1314,27 @@ static struct page *page_at(uintptr_t addr)
 		 : NULL;
 }
 
+/* Whether a and b are in the same page of one mapping (lock held). */
+static bool same_page(uintptr_t a, uintptr_t b)
+{
+	struct oc_vma *v = lookup_locked(a);
+
+	return v && b >= v->start && b < v->stop &&
+	       ((a - v->start) >> v->fh->ram->pageshift) ==
+		       ((b - v->start) >> v->fh->ram->pageshift);
+}
+
 int _oc_serve(uintptr_t addr, int write, struct oc_fault_info *fi)
 {
-	uintptr_t prev = last_fault;
+	uintptr_t prev = last.addr;
 	struct page *keep = NULL;
 	struct oc_vma *v;
 	int r;
 
 	_oc_lock();
-	if (prev && (addr > prev ? addr - prev : prev - addr) < SPAN_MAX &&
+	if (prev && ((addr > prev ? addr - prev : prev - addr) < SPAN_MAX ||
+		     (fi->ip && fi->ip == last.ip && last.before &&
+		      same_page(addr, last.before))) &&
 	    (keep = page_at(prev)) != NULL) {
 		/* on an LRU list: reclaim's (or bound_maps') to take */
 		if (keep != page_at(addr) && oc_list_linked(&keep->lru))
@@ -1339,7 +1357,9 @@ int _oc_serve(uintptr_t addr, int write, struct oc_fault_info *fi)
 	if (keep && page_at(prev) == keep && keep->state != PAGE_LOADING &&
 	    !oc_list_linked(&keep->lru))
 		lru_touch(keep);
-	last_fault = addr;
+	last.before = prev;
+	last.addr = addr;
+	last.ip = fi->ip;
 	_oc_unlock();
 	return r;
 }
@@ -1849,7 +1869,7 @@ out:
 int oc_prefault(void *addr, size_t len, int flags)
 {
 	uintptr_t a = (uintptr_t)addr, end = a + len;
-	struct oc_fault_info fi;
+	struct oc_fault_info fi = {0, 0, NULL};
 	int r;
 
 	if (flags & ~OC_PREFAULT_WRITE)
