@@ -318,6 +318,8 @@ struct oc_fileh {
 	uint64_t store_gen;    /* generation of the last STORE pass */
 	bool store_pending;    /* a STORE was not yet followed by MARKSTORED */
 	int nbusy;     /* pages busy with the lock released */
+	uint64_t inval_gen; /* bumped by every invalidation: read ahead done
+			     * with the lock released keeps nothing if it moved */
 	/* A store's handle: written out only by oc_store_commit, which sets
 	 * owner_writing meanwhile; a writeout by hand gets -EPERM. */
 	bool owned_writeout;

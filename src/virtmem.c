@@ -645,6 +645,7 @@ static int load_page(oc_fileh_t *fh, uint64_t blk, uint64_t ahead, bool write,
 
 	r = OC_NOMAP;
 	if (file->ops->mapblk) {
+		uint64_t gen = fh->inval_gen;
 		_oc_unlock();
 		_oc_in_op = fh;
 		r = file->ops->mapblk(file, blk, &fd, &off);
@@ -665,6 +666,11 @@ static int load_page(oc_fileh_t *fh, uint64_t blk, uint64_t ahead, bool write,
 		}
 		if (r == 0) {
 			uint64_t i;
+			/* A block invalidated meanwhile (not in the map yet, so
+			 * nothing marked it) may have been read ahead before:
+			 * then none is kept. */
+			if (fh->inval_gen != gen)
+				nahead = 0;
 			for (i = 1; i <= nahead; i++) {
 				struct page *q;
 				if (oc_pagemap_get(&fh->pages, blk + i))
@@ -1760,6 +1766,7 @@ int oc_fileh_invalidate(oc_fileh_t *fh, uint64_t blk)
 	err = lock_idle(fh);
 	if (err)
 		goto out;
+	fh->inval_gen++;
 	p = oc_pagemap_get(&fh->pages, blk);
 	if (!p)
 		goto out;

@@ -20,6 +20,9 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
+#include <sys/mman.h>
+#include <semaphore.h>
+#include <pthread.h>
 
 #include <outcore/outcore.h>
 
@@ -1236,6 +1239,99 @@ static void test_results_into_managed_memory(void)
 		 "lock hooks: release without reacquire: EINVAL");
 }
 
+/* Read ahead runs mapblk for the blocks after the faulting one with the
+ * lock released.  An oc_fileh_invalidate of one of them meanwhile found
+ * nothing to drop (not in the map yet), and the read ahead then put the
+ * block's old place in: the access after the invalidation saw old data.
+ * Here the file moves block 1 while the read ahead waits in its mapblk. */
+#define RA_BS 4096
+static int ra_fd;
+static uint64_t ra_where[8];
+static sem_t ra_in, ra_go;
+static int ra_calls1;
+
+static int ra_load(oc_file_t *f, uint64_t blk, void *buf)
+{
+	(void)f;
+	return pread(ra_fd, buf, RA_BS, (off_t)ra_where[blk]) == RA_BS ? 0 : -EIO;
+}
+
+static int ra_map(oc_file_t *f, uint64_t blk, int *fd, uint64_t *off)
+{
+	(void)f;
+	if (blk >= 8)
+		return OC_ZEROBLK;
+	*fd = ra_fd;
+	*off = __atomic_load_n(&ra_where[blk], __ATOMIC_SEQ_CST);
+	if (blk == 1 && __atomic_fetch_add(&ra_calls1, 1, __ATOMIC_SEQ_CST) == 0) {
+		sem_post(&ra_in); /* read ahead of block 1: wait here */
+		sem_wait(&ra_go);
+	}
+	return 0;
+}
+
+static void *ra_toucher(void *a)
+{
+	return (void *)(uintptr_t)*(volatile char *)a;
+}
+
+static void test_readahead_vs_invalidate(void)
+{
+	static const oc_file_ops_t ops = {.version = 1, .loadblk = ra_load,
+					  .mapblk = ra_map};
+	char buf[RA_BS];
+	oc_ram_t *ram;
+	oc_file_t f;
+	oc_fileh_t *fh = NULL;
+	oc_vma_t *v = NULL;
+	pthread_t t;
+	char *a;
+	int err;
+
+	printf("# read ahead and an invalidation meanwhile\n");
+	sem_init(&ra_in, 0, 0);
+	sem_init(&ra_go, 0, 0);
+	ra_fd = memfd_create("ra", 0);
+	ram = tf_ram(RA_BS, 256 * RA_BS, &err);
+	if (ra_fd < 0 || !ram || ftruncate(ra_fd, 16 * RA_BS)) {
+		CHECK(0, "memfd and RAM (%d)", err);
+		return;
+	}
+	memset(buf, 'O', sizeof buf);
+	for (int i = 0; i < 8; i++) {
+		(void)!pwrite(ra_fd, buf, RA_BS, (off_t)i * RA_BS);
+		ra_where[i] = (uint64_t)i * RA_BS;
+	}
+	err = oc_file_init(&f, &ops, RA_BS, "ra");
+	if (!err)
+		err = oc_fileh_open(&fh, &f, ram);
+	if (!err)
+		err = oc_fileh_mmap(fh, 0, 8, &v);
+	CHECK_EQ(err, 0, "open and map");
+	if (!err && pthread_create(&t, NULL, ra_toucher, oc_vma_addr(v)) == 0) {
+		a = oc_vma_addr(v);
+		sem_wait(&ra_in);
+		memset(buf, 'N', sizeof buf); /* block 1 moves, and says so */
+		(void)!pwrite(ra_fd, buf, RA_BS, 9 * RA_BS);
+		__atomic_store_n(&ra_where[1], 9 * RA_BS, __ATOMIC_SEQ_CST);
+		CHECK_EQ(oc_fileh_invalidate(fh, 1), 0, "invalidate block 1");
+		sem_post(&ra_go);
+		pthread_join(t, NULL);
+		CHECK(a[RA_BS] == 'N', "block 1 after the invalidation: %c (want N)",
+		      a[RA_BS]);
+		CHECK(a[0] == 'O' && a[2 * RA_BS] == 'O', "the others as they were");
+	}
+	if (v)
+		oc_vma_unmap(v);
+	if (fh)
+		oc_fileh_close(fh);
+	oc_file_put(&f);
+	oc_ram_close(ram);
+	close(ra_fd);
+	sem_destroy(&ra_in);
+	sem_destroy(&ra_go);
+}
+
 int main(void)
 {
 	test_transitions(4 * KiB);
@@ -1244,6 +1340,7 @@ int main(void)
 	test_writeout_errors();
 	test_bad_args();
 	test_results_into_managed_memory();
+	test_readahead_vs_invalidate();
 	test_prefault();
 	test_memfile(4 * KiB);
 	test_memfile(2 * MiB);
