@@ -286,17 +286,17 @@ int oc_ram_default(size_t pagesize, oc_ram_t **out)
 
 size_t oc_ram_pagesize(const oc_ram_t *ram)
 {
-	return ram->pagesize;
+	return ram ? ram->pagesize : 0;
 }
 
 oc_ram_kind_t oc_ram_kind(const oc_ram_t *ram)
 {
-	return ram->kind;
+	return ram ? ram->kind : OC_RAM_MEMFD;
 }
 
 uint64_t oc_ram_budget(const oc_ram_t *ram)
 {
-	return ram->budget;
+	return ram ? ram->budget : 0;
 }
 
 int oc_ram_set_budget(oc_ram_t *ram, uint64_t budget)
@@ -322,6 +322,10 @@ int oc_ram_stats(oc_ram_t *ram, oc_ram_stats_t *st)
 	if (!ram || !st)
 		return -EINVAL;
 	_oc_lock();
+	if (ram->gen != _oc_gen) {
+		_oc_unlock();
+		return OC_EFORKED;
+	}
 	s = ram->st;
 	s.budget = ram->budget;
 	s.pagesize = ram->pagesize;

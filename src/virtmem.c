@@ -1465,12 +1465,12 @@ int oc_fileh_close(oc_fileh_t *fh)
 
 oc_file_t *oc_fileh_file(const oc_fileh_t *fh)
 {
-	return fh->file;
+	return fh ? fh->file : NULL;
 }
 
 oc_ram_t *oc_fileh_ram(const oc_fileh_t *fh)
 {
-	return fh->ram;
+	return fh ? fh->ram : NULL;
 }
 
 /* ---- mappings ---------------------------------------------------------- */
@@ -1564,22 +1564,22 @@ int oc_vma_unmap(oc_vma_t *v)
 
 void *oc_vma_addr(const oc_vma_t *v)
 {
-	return (void *)v->start;
+	return v ? (void *)v->start : NULL;
 }
 
 size_t oc_vma_len(const oc_vma_t *v)
 {
-	return v->stop - v->start;
+	return v ? v->stop - v->start : 0;
 }
 
 uint64_t oc_vma_pgoffset(const oc_vma_t *v)
 {
-	return v->pgoffset;
+	return v ? v->pgoffset : 0;
 }
 
 oc_fileh_t *oc_vma_fileh(const oc_vma_t *v)
 {
-	return v->fh;
+	return v ? v->fh : NULL;
 }
 
 void oc_vma_set_user(oc_vma_t *v, void *user)
@@ -1589,7 +1589,7 @@ void oc_vma_set_user(oc_vma_t *v, void *user)
 
 void *oc_vma_user(const oc_vma_t *v)
 {
-	return v->user;
+	return v ? v->user : NULL;
 }
 
 /* ---- writeout, discard, invalidate ------------------------------------- */
@@ -1790,6 +1790,10 @@ int oc_fileh_isdirty(oc_fileh_t *fh)
 	if (!fh)
 		return -EINVAL;
 	_oc_lock();
+	if (fh->gen != _oc_gen) {
+		_oc_unlock();
+		return OC_EFORKED;
+	}
 	d = fh->dirty.count != 0;
 	_oc_unlock();
 	return d;
@@ -1809,6 +1813,10 @@ int64_t oc_fileh_dirty_blocks(oc_fileh_t *fh, uint64_t *blks, uint64_t max)
 	while (more) {
 		m = 0;
 		_oc_lock();
+		if (fh->gen != _oc_gen) {
+			_oc_unlock();
+			return OC_EFORKED;
+		}
 		more = false;
 		for (; (p = oc_pagemap_next(&fh->dirty, &k)); k++) {
 			if (n + m < max) {

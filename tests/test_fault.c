@@ -552,6 +552,14 @@ static void c_fork_calls(void *arg)
 		bad |= 16;
 	if (oc_prefault(pbase, PS, 0) != OC_EFORKED)
 		bad |= 32;
+	{
+		uint64_t blks[4];
+		oc_ram_stats_t st;
+		if (oc_fileh_isdirty(pfh) != OC_EFORKED ||
+		    oc_fileh_dirty_blocks(pfh, blks, 4) != OC_EFORKED ||
+		    oc_ram_stats(oc_fileh_ram(pfh), &st) != OC_EFORKED)
+			bad |= 64; /* they answered the parent's state */
+	}
 	/* closing and unmapping only forget them */
 	oc_vma_unmap(pvma);
 	oc_fileh_close(pfh);

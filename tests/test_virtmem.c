@@ -1234,6 +1234,10 @@ static void test_results_into_managed_memory(void)
 	CHECK_EQ(oc_ram_close(ram), 0, "close RAM");
 
 	CHECK_EQ(oc_fileh_isdirty(NULL), -EINVAL, "isdirty(NULL): EINVAL");
+	CHECK(!oc_fileh_file(NULL) && !oc_fileh_ram(NULL) && !oc_vma_addr(NULL) &&
+	      !oc_vma_len(NULL) && !oc_vma_pgoffset(NULL) && !oc_vma_fileh(NULL) &&
+	      !oc_vma_user(NULL) && !oc_ram_pagesize(NULL) && !oc_ram_budget(NULL),
+	      "getters of NULL: NULL or 0");
 	half.release = (void *(*)(void))1;
 	CHECK_EQ(oc_set_lock_hooks(&half), -EINVAL,
 		 "lock hooks: release without reacquire: EINVAL");

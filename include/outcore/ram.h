@@ -90,12 +90,14 @@ OC_API int oc_ram_close(oc_ram_t *ram);
  * the errors of oc_ram_new(). */
 OC_API int oc_ram_default(size_t pagesize, oc_ram_t **out);
 
+/* The page size (0 for NULL) and kind of a RAM. */
 OC_API size_t oc_ram_pagesize(const oc_ram_t *ram);
 OC_API oc_ram_kind_t oc_ram_kind(const oc_ram_t *ram);
 
 /* Get or set the byte budget.  Setting a budget below what is in use
  * reclaims clean pages at once, down to the new budget when it can.
- * Returns 0 or -EINVAL (budget smaller than one page). */
+ * oc_ram_budget returns it (0 for NULL); oc_ram_set_budget returns 0 or
+ * -EINVAL (budget smaller than one page, NULL). */
 OC_API uint64_t oc_ram_budget(const oc_ram_t *ram);
 OC_API int oc_ram_set_budget(oc_ram_t *ram, uint64_t budget);
 
@@ -136,7 +138,7 @@ typedef struct oc_ram_stats {
 				    scan's) with one unmapping for all */
 } oc_ram_stats_t;
 
-/* Fill *st.  Returns 0. */
+/* Fill *st.  Returns 0, -EINVAL (NULL), OC_EFORKED (in a fork child). */
 OC_API int oc_ram_stats(oc_ram_t *ram, oc_ram_stats_t *st);
 
 /* Reclaim up to max_pages clean pages (and base-mapped blocks), least

@@ -112,6 +112,7 @@ OC_API int oc_fileh_open(oc_fileh_t **out, oc_file_t *file, oc_ram_t *ram);
  * accepted. */
 OC_API int oc_fileh_close(oc_fileh_t *fh);
 
+/* A handle's file and RAM (NULL for NULL). */
 OC_API oc_file_t *oc_fileh_file(const oc_fileh_t *fh);
 OC_API oc_ram_t *oc_fileh_ram(const oc_fileh_t *fh);
 
@@ -128,7 +129,7 @@ OC_API int oc_fileh_mmap(oc_fileh_t *fh, uint64_t pgoffset, uint64_t pglen,
  * Returns 0 (NULL is accepted). */
 OC_API int oc_vma_unmap(oc_vma_t *vma);
 
-/* A mapping's address range and file range. */
+/* A mapping's address range and file range (NULL or 0 for NULL). */
 OC_API void *oc_vma_addr(const oc_vma_t *vma);
 OC_API size_t oc_vma_len(const oc_vma_t *vma);
 OC_API uint64_t oc_vma_pgoffset(const oc_vma_t *vma);
@@ -164,12 +165,13 @@ OC_API int oc_fileh_discard(oc_fileh_t *fh);
  * from another thread while this handle's loadblk runs. */
 OC_API int oc_fileh_invalidate(oc_fileh_t *fh, uint64_t blk);
 
-/* Whether the handle has dirty pages (1 or 0), or -EINVAL (NULL). */
+/* Whether the handle has dirty pages (1 or 0), or -EINVAL (NULL),
+ * OC_EFORKED. */
 OC_API int oc_fileh_isdirty(oc_fileh_t *fh);
 
 /* The dirty blocks in ascending order.  Stores up to max block numbers in
  * blks and returns how many there are in all (which may exceed max: call
- * again with a larger array), or a negative error. */
+ * again with a larger array), or -EINVAL, OC_EFORKED. */
 OC_API int64_t oc_fileh_dirty_blocks(oc_fileh_t *fh, uint64_t *blks,
 				     uint64_t max);
 
