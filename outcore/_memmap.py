@@ -121,10 +121,13 @@ class memmap(BigArray):
         if self.mode not in ("r+", "w+"):
             return
         want = self._file_size()
-        if self.file.size != want:
+        grow = self.file.size < want
+        if grow:                  # before: stores past the end are clipped
             self.file.resize(want)
         self._fileh.dirty_writeout(_core.WRITEOUT_STORE |
                                    _core.WRITEOUT_MARKSTORED)
+        if self.file.size > want:  # after: no dirty page is left past it
+            self.file.resize(want)
         self.file.sync()
 
     def close(self):

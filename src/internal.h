@@ -324,7 +324,14 @@ struct oc_fileh {
 	 * owner_writing meanwhile; a writeout by hand gets -EPERM. */
 	bool owned_writeout;
 	bool owner_writing;
+	struct oc_list link; /* in the list of every open handle */
 };
+
+/* A file is cut short to blk blocks (plainfile.c, before its ftruncate):
+ * drop the cached blocks from blk on in every handle of it, whose base
+ * mappings would raise SIGBUS past the file's end.  Returns 0, or -EBUSY
+ * when a handle has a dirty or busy page there (nothing dropped). */
+int _oc_file_cut(oc_file_t *file, uint64_t blk);
 
 /* Whether oc_fileh_close would refuse fh now (-EBUSY: mappings, a
  * writeout, pages busy; lock held). */

@@ -183,6 +183,13 @@ int oc_plainfile_resize(oc_file_t *f, uint64_t size)
 		return -EINVAL;
 	if (p->flags & OC_PLAINFILE_RDONLY)
 		return -EROFS;
+	if (size < __atomic_load_n(&p->size, __ATOMIC_ACQUIRE)) {
+		/* the block holding the new end on: mapped from the file,
+		 * their pages past it would raise SIGBUS */
+		int err = _oc_file_cut(f, size / f->blksize);
+		if (err)
+			return err;
+	}
 	if (ftruncate(p->fd, (off_t)size))
 		return -errno;
 	__atomic_store_n(&p->size, size, __ATOMIC_RELEASE);

@@ -94,6 +94,7 @@ void _oc_broadcast(void)
 }
 
 static int nfileh_open; /* handles open in this process */
+static struct oc_list all_fh = {&all_fh, &all_fh}; /* their links */
 
 int oc_set_lock_hooks(const oc_lock_hooks_t *hooks)
 {
@@ -1420,9 +1421,44 @@ int oc_fileh_open(oc_fileh_t **out, oc_file_t *file, oc_ram_t *ram)
 	_oc_lock();
 	_oc_ram_ref(ram);
 	nfileh_open++;
+	oc_list_add_tail(&all_fh, &fh->link);
 	_oc_unlock();
 	*out = fh;
 	return 0;
+}
+
+int _oc_file_cut(oc_file_t *file, uint64_t blk)
+{
+	struct oc_list *e;
+	struct page *p;
+	uint64_t k;
+	int pass, err = 0;
+
+	_oc_lock();
+	/* Pass 0 looks, pass 1 drops: all or nothing. */
+	for (pass = 0; pass < 2 && !err; pass++) {
+		for (e = all_fh.next; e != &all_fh && !err; e = e->next) {
+			oc_fileh_t *fh = oc_container_of(e, oc_fileh_t, link);
+			if (fh->file != file || fh->gen != _oc_gen)
+				continue;
+			if (pass == 0 && (fh->writeout || fh->nbusy))
+				err = -EBUSY;
+			for (k = blk; !err && (p = oc_pagemap_next(&fh->pages, &k));
+			     k++) {
+				if (pass == 0 && (p->state == PAGE_DIRTY ||
+						  p->state == PAGE_LOADING ||
+						  p->state == PAGE_LOADING_INVAL ||
+						  p->busy))
+					err = -EBUSY;
+				else if (pass == 1)
+					_oc_page_drop(p, false);
+				if (k == UINT64_MAX)
+					break;
+			}
+		}
+	}
+	_oc_unlock();
+	return err;
 }
 
 bool _oc_fileh_busy(const oc_fileh_t *fh)
@@ -1456,6 +1492,7 @@ int oc_fileh_close(oc_fileh_t *fh)
 	oc_pagemap_clear(&fh->dirty);
 	_oc_ram_unref(fh->ram);
 	nfileh_open--;
+	oc_list_del(&fh->link);
 	file = fh->file;
 	_oc_unlock();
 	free(fh);
@@ -1968,6 +2005,7 @@ static void fork_child(void)
 	nreg = 0;
 	nmaps = 0;
 	nfileh_open = 0;
+	oc_list_init(&all_fh); /* inherited handles are forgotten */
 	_oc_ram_forget_in_child();
 	pthread_mutex_init(&core_lock, NULL);
 	pthread_cond_init(&core_cond, NULL);

@@ -864,6 +864,27 @@ static void test_plainfile(void)
 	CHECK(pread(fd, blk, 8, 7 * ps) == 8 && blk[0] == 0xdead,
 	      "block 7 written after growth");
 	CHECK_EQ(oc_plainfile_sync(f), 0, "sync");
+
+	/* shrinking under mapped blocks: they read zeros past the new end
+	 * (blocks mapped from the file raised SIGBUS there) */
+	{
+		uint64_t w1 = *tf_at(a, ps, 1, 1), w2 = *tf_at(a, ps, 2, 1),
+			 w3 = *tf_at(a, ps, 3, 1); /* mapped now */
+		*tf_at(a, ps, 6, 0) = 1;
+		CHECK_EQ(oc_plainfile_resize(f, 2 * ps + ps / 2), -EBUSY,
+			 "shrink over a dirty page: -EBUSY");
+		CHECK_EQ(oc_plainfile_size(f), 8 * ps, "the size unchanged");
+		CHECK_EQ(oc_fileh_discard(fh), 0, "discard it");
+		CHECK_EQ(oc_plainfile_resize(f, 2 * ps + ps / 2), 0,
+			 "shrink to 2.5 blocks");
+		ok = *tf_at(a, ps, 2, 1) == w2;
+		for (size_t i = n / 2; i < n; i++)
+			ok &= *tf_at(a, ps, 2, i) == 0;
+		CHECK(ok, "the block holding the end: data then zeros");
+		CHECK(w3 && *tf_at(a, ps, 3, 1) == 0 && *tf_at(a, ps, 7, 0) == 0,
+		      "blocks past the end: zeros");
+		CHECK(*tf_at(a, ps, 1, 1) == w1, "block 1 as it was");
+	}
 	oc_vma_unmap(v);
 	v = NULL;
 	CHECK_EQ(oc_fileh_close(fh), 0, "close");

@@ -176,7 +176,12 @@ OC_API int oc_plainfile_open(oc_file_t **out, const char *path,
 OC_API uint64_t oc_plainfile_size(oc_file_t *file);
 
 /* Set the file size (ftruncate): growth reads as zeros; shrinking drops
- * data past the new end.  Returns 0 or -errno (-EROFS read-only). */
+ * data past the new end, and the cached blocks from the one holding the
+ * new end on in every handle of the file (they read as zeros past it
+ * after, not SIGBUS).  Returns 0 or -errno (-EROFS read-only; -EBUSY
+ * when a handle has dirty pages there, or a writeout or load running:
+ * write out or discard them first; nothing changed).  Not from an op of
+ * a handle of the file. */
 OC_API int oc_plainfile_resize(oc_file_t *file, uint64_t size);
 
 /* fdatasync the file.  Returns 0 or -errno. */

@@ -151,6 +151,26 @@ def test_resize_and_append_reach_the_file_at_flush(tmp_path):
     r.close()
 
 
+def test_shrinking_flush_with_old_views(tmp_path):
+    """A view taken before the array shrank, read past the new end after
+    the flush that cut the file: zeros (blocks mapped from the file there
+    raised SIGBUS), a change made there before is written and then cut,
+    and the file ends where the array does."""
+    p = tmp_path / "s.u1"
+    numpy.full(8 << 20, 7, numpy.uint8).tofile(p)
+    m = outcore.memmap(p, numpy.uint8, "r+", shape=(8 << 20,))
+    v = m[...]
+    assert v[-1] == 7 and v[(3 << 20) + 5] == 7   # mapped from the file
+    v[6 << 20] = 9                                 # a change past the cut
+    m.resize((1 << 20) + 100)                      # inside block 0's end
+    m.flush()
+    assert p.stat().st_size == (1 << 20) + 100
+    assert v[-1] == 0 and v[(3 << 20) + 5] == 0 and v[6 << 20] == 0
+    assert v[(1 << 20) + 99] == 7 and v[(1 << 20) + 100] == 0
+    assert (m[...] == 7).all()
+    m.close()
+
+
 def test_views_survive_close(tmp_path):
     p = tmp_path / "h.u1"
     a = outcore.memmap(p, "u1", "w+", shape=(9000,), blksize="4k")
