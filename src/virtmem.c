@@ -54,6 +54,11 @@ static size_t ninherited;
 
 /* The bound on our mappings (each costs up to two kernel mappings). */
 static uint64_t nmaps, map_limit;
+/* Our mappings and address reservations (nreg: one kernel mapping each)
+ * together stay under this: the kernel's limit less room for the rest of
+ * the program.  map_limit alone left the reservations out, and a program
+ * with tens of thousands of small mappings reached the kernel's limit. */
+static uint64_t total_limit;
 
 /* ---- lock -------------------------------------------------------------- */
 
@@ -428,9 +433,9 @@ int64_t _oc_page_drop(struct page *p, bool keep_slot)
  * faulted clean pages, or unmap (never drop) dirty ones. */
 static void bound_maps(void)
 {
-	uint64_t target = map_limit * 3 / 4;
+	uint64_t target = map_limit * 3 / 4, total = total_limit - total_limit / 8;
 
-	while (nmaps > target) {
+	while (nmaps > target || (nmaps && nmaps + nreg > total)) {
 		struct page *best = NULL;
 		struct oc_list *e;
 		for (e = _oc_rams.next; e != &_oc_rams; e = e->next) {
@@ -475,6 +480,20 @@ static void link_rec(struct maprec *r, struct oc_vma *v, struct page *p,
 /* Map pages run[0..n) (consecutive blocks, none mapped in v yet, all
  * showing consecutive ranges of one descriptor, none patched) into v with
  * prot, with one mmap, filling the page tables when populate is set. */
+/* The kernel refused a mapping (ENOMEM at vm.max_map_count, which also
+ * counts the program's own mappings and our address reservations, that
+ * map_limit leaves out): lower map_limit to what was reached and make
+ * room under it.  Returns whether a mapping went (then try again). */
+static bool maps_refused(void)
+{
+	uint64_t before = nmaps;
+
+	if (nmaps * 3 / 4 < map_limit)
+		map_limit = nmaps * 3 / 4 > 16 ? nmaps * 3 / 4 : 16;
+	bound_maps();
+	return nmaps < before;
+}
+
 static int map_run(struct oc_vma *v, struct page **run, uint64_t n, int prot,
 		   bool populate)
 {
@@ -487,7 +506,7 @@ static int map_run(struct oc_vma *v, struct page **run, uint64_t n, int prot,
 	void *park = p->park;
 
 	OC_BUG_ON(n == 0 || n > 64);
-	if (nmaps + n > map_limit)
+	if (nmaps + n > map_limit || nmaps + nreg + n > total_limit)
 		bound_maps();
 	for (i = 0; i < n; i++) {
 		recs[i] = malloc(sizeof *recs[i]);
@@ -520,6 +539,10 @@ static int map_run(struct oc_vma *v, struct page **run, uint64_t n, int prot,
 	/* A base run is populated after advice for large folios. */
 	err = _oc_os_map_fixed(page_addr(v, p->blk), n << ram->pageshift, prot,
 			       fd, off, populate && p->state != PAGE_BASE);
+	if (err == -ENOMEM && maps_refused())
+		err = _oc_os_map_fixed(page_addr(v, p->blk), n << ram->pageshift,
+				       prot, fd, off,
+				       populate && p->state != PAGE_BASE);
 	if (err) {
 		err = err == -ENOMEM ? OC_EMAPLIMIT : err;
 		goto undo;
@@ -993,7 +1016,7 @@ static int map_patched(struct oc_vma *v, struct page *p)
 
 	if (oc_list_linked(&p->lru))
 		oc_list_del(&p->lru); /* out of reach of what follows */
-	if (nmaps + cost > map_limit)
+	if (nmaps + cost > map_limit || nmaps + nreg + cost > total_limit)
 		bound_maps();
 	if (p->nmaps == 0)
 		_oc_ram_make_room(ram, ram->pagesize); /* for its base */
@@ -1004,6 +1027,9 @@ static int map_patched(struct oc_vma *v, struct page *p)
 		goto out;
 	}
 	err = show_patched(ram, p, page_addr(v, p->blk), PROT_READ | PROT_WRITE);
+	if (err == -ENOMEM && maps_refused())
+		err = show_patched(ram, p, page_addr(v, p->blk),
+				   PROT_READ | PROT_WRITE);
 	if (err) {
 		_oc_os_unmap_to_reserve(page_addr(v, p->blk), ram->pagesize);
 		free(oc_pagemap_del(&v->maps, p->blk - v->pgoffset));
@@ -1066,7 +1092,8 @@ static int patch_page(struct oc_vma *v, struct page *p, uintptr_t addr)
 	/* Keep p out of reach of the reclaim and map bounding below. */
 	if (oc_list_linked(&p->lru))
 		oc_list_del(&p->lru);
-	if (nmaps + 2 * p->nmaps > map_limit)
+	if (nmaps + 2 * p->nmaps > map_limit ||
+	    nmaps + nreg + 2 * p->nmaps > total_limit)
 		bound_maps();
 	if (fresh) {
 		err = _oc_ram_get_slot(ram, true, &slot, &warm, &zero, NULL);
@@ -1384,6 +1411,7 @@ static void core_init(void)
 	/* Each of our mappings may cost two kernel mappings; keep half of
 	 * the kernel's limit for the rest of the program. */
 	map_limit = m / 4 > 1024 ? (uint64_t)(m / 4) : 1024;
+	total_limit = m > 16384 ? (uint64_t)m - 8192 : (uint64_t)m / 2;
 	pthread_atfork(fork_prepare, fork_parent, fork_child);
 }
 
@@ -1535,6 +1563,12 @@ int oc_fileh_mmap(oc_fileh_t *fh, uint64_t pgoffset, uint64_t pglen,
 	align = fh->ram->pagesize;
 	if (len >= ((size_t)2 << 20) && align < ((size_t)2 << 20))
 		align = (size_t)2 << 20;
+	/* room for the reservation and a thousand page mappings */
+	_oc_lock();
+	err = nreg + 1 + 1024 > total_limit ? OC_EMAPLIMIT : 0;
+	_oc_unlock();
+	if (err)
+		return err;
 	err = _oc_os_reserve(len, align, &addr);
 	if (err)
 		return err;
