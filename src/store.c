@@ -425,7 +425,8 @@ int oc_store_open(oc_store_t **out, const char *path, int flags, oc_ram_t *ram)
 	pthread_mutex_lock(&open_mu);
 	if (st->url) {
 		for (o = open_stores; o; o = o->next_open)
-			if (o->pid == st->pid && o->url && !strcmp(o->url, st->url)) {
+			if (o->pid == st->pid && o->url &&
+			    !strcmp(strstr(o->url, "://"), strstr(st->url, "://"))) {
 				pthread_mutex_unlock(&open_mu);
 				free(st->url);
 				free(st);

@@ -134,7 +134,9 @@ OC_API void oc_array_meta_clear(oc_array_meta_t *meta);
  *   OC_EVERSION  written by a newer format version;
  *   OC_ECORRUPT  its data file is missing (a store with data: one without
  *                gets a new, empty data file when opened writable);
- *   -EBUSY       this process has the store open already;
+ *   -EBUSY       this process has the store open already (a directory:
+ *                the same one by any path; a server: the same URL, its
+ *                scheme postgresql:// or postgres://);
  *   OC_ESTOREIO  an engine error; -errno from the file system.
  * The caller owns the store and closes it with oc_store_close(). */
 OC_API int oc_store_open(oc_store_t **out, const char *path, int flags,

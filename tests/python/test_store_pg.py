@@ -81,6 +81,19 @@ def test_round_trip_commit_reopen_abort(url, pgsrv):
         assert db.names() == [name]
 
 
+def test_one_open_per_process_whatever_the_scheme(url):
+    """postgres:// names the same store as postgresql://: a second open in
+    the process is refused as for a directory (it opened the store twice,
+    two transactions of one process on one store)."""
+    assert url.startswith("postgresql://")
+    other = "postgres://" + url[len("postgresql://"):]
+    with store(url):
+        with pytest.raises(outcore.BusyError):
+            store(other)
+    with store(other) as db:
+        assert db.names() == []
+
+
 def test_bad_server_is_a_store_error_without_password(pgsrv):
     bad = "postgresql://%s:%s@127.0.0.1:%d/nosuchdb" % (
         pgsrv.user, pgsrv.password, pgsrv.port)
