@@ -780,20 +780,22 @@ def cmd_import(args, out):
             made = not os.path.exists(os.path.join(args.store, "index.mdb"))
         db = open_store(args.store, ram=args.ram, readonly=False,
                         create=True)
-        done = False
+        done = created = False
         try:
             if name in db:
                 raise CLIError("%s: array %r exists (outcore rm first)" % (
                     args.store, name))
             a = db.create(name, shape, dtype, order=order)
+            created = True
             copy_in(db, a, f, want, out)
             del a
             done = True
         finally:
             if done:
                 db.close()
-            else:                  # leave nothing half-imported
-                abandon(db, name, made and args.store, made_dir)
+            else:                  # leave nothing half-imported: of ours
+                abandon(db, name if created else None, made and args.store,
+                        made_dir)
         out.say("imported %s: %s %s (%s) into %s" % (
             path, "x".join(map(str, shape)) or "()", dtype_text(dtype),
             fmt_bytes(want), name))
@@ -801,10 +803,12 @@ def cmd_import(args, out):
 
 
 def abandon(db, name, made, made_dir):
-    """After a failed import: take name back (abort, and delete it if a
-    commit of the import holds it), close the store, and remove it if the
-    import made it (made: its path; made_dir: its directory too) and it
-    holds no array.  SIGINT and SIGTERM wait until that is done."""
+    """After a failed import: take back what it did (abort, and delete
+    name, the array it created, if a commit of the import holds it; None:
+    it created none, and an array of that name is someone else's), close
+    the store, and remove it if the import made it (made: its path;
+    made_dir: its directory too) and it holds no array.  SIGINT and
+    SIGTERM wait until that is done."""
     import outcore
     sigs = {signal.SIGINT, signal.SIGTERM}
     old = signal.pthread_sigmask(signal.SIG_BLOCK, sigs)
@@ -812,7 +816,7 @@ def abandon(db, name, made, made_dir):
         empty = False
         try:
             db.abort()
-            if name in db:
+            if name is not None and name in db:
                 del db[name]
                 db.commit()
         except outcore.Error:     # a name the store refused, say

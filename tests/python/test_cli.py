@@ -184,6 +184,8 @@ def test_bad_arguments(tmp_path, store):
                               ok=False), 1)
     assert_one_line_error(run("import", store, "x", tmp_path / "x.npy",
                               ok=False), 1)      # exists
+    p = run("ls", "--no-sizes", store)            # and is still there (a
+    assert "\nx " in p.stdout, p.stdout          # failed import took it)
     (tmp_path / "notnpy").write_bytes(b"hello world")
     assert_one_line_error(run("import", store, "z", tmp_path / "notnpy",
                               ok=False), 1)
