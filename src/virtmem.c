@@ -506,6 +506,11 @@ static int map_run(struct oc_vma *v, struct page **run, uint64_t n, int prot,
 	void *park = p->park;
 
 	OC_BUG_ON(n == 0 || n > 64);
+	/* Out of reach of bound_maps and maps_refused, which would drop them
+	 * under us; back on their lists below, whatever happens. */
+	for (i = 0; i < n; i++)
+		if (oc_list_linked(&run[i]->lru))
+			oc_list_del(&run[i]->lru);
 	if (nmaps + n > map_limit || nmaps + nreg + n > total_limit)
 		bound_maps();
 	for (i = 0; i < n; i++) {
@@ -553,12 +558,16 @@ static int map_run(struct oc_vma *v, struct page **run, uint64_t n, int prot,
 				      n << ram->pageshift);
 	}
 linked:
-	for (i = 0; i < n; i++)
+	for (i = 0; i < n; i++) {
 		link_rec(recs[i], v, run[i], prot, 1);
+		lru_touch(run[i]);
+	}
 	return 0;
 undo:
 	while (i-- > 0)
 		free(oc_pagemap_del(&v->maps, run[i]->blk - v->pgoffset));
+	for (i = 0; i < n; i++)
+		lru_touch(run[i]);
 	return err;
 }
 

@@ -97,6 +97,53 @@ static void many_reservations(long limit)
 	CHECK_EQ(oc_ram_close(ram), 0, "close RAM");
 }
 
+/* A cached block mapped again when the mappings are at the limit: making
+ * room dropped the very pages being mapped (use after free, seen by ASan). */
+static void remap_cached_at_limit(long limit)
+{
+	/* the mappings the core allows itself (map_limit): the first attempt to
+	 * make room comes with block 0 mapped again, the oldest page */
+	uint64_t n = (uint64_t)limit / 4 > 1024 ? (uint64_t)limit / 4 : 1024, bad = 0;
+	oc_vma_t *v0 = NULL, *v1 = NULL;
+	oc_fileh_t *fh = NULL;
+	oc_ram_t *ram;
+	tfile_t tf;
+	int r;
+
+	printf("# a cached block mapped again at the limit\n");
+	ram = tf_ram(PS, (2 * n + 16) * PS, &r);
+	if (!ram) {
+		CHECK(0, "RAM (%d)", r);
+		return;
+	}
+	tfile_init(&tf, PS, "tremap");
+	tf.keep = 0;
+	r = oc_fileh_open(&fh, &tf.file, ram);
+	if (!r)
+		r = oc_fileh_mmap(fh, 0, 1, &v0);
+	if (!r && *tf_at(oc_vma_addr(v0), PS, 0, 1) != tf_word(0, 1))
+		bad++;
+	if (!r) {
+		oc_vma_unmap(v0); /* block 0 stays cached */
+		v0 = NULL;
+		r = oc_fileh_mmap(fh, 1, 2 * n, &v1);
+	}
+	for (uint64_t i = 0; !r && i < n; i++) /* separate mappings */
+		if (*tf_at(oc_vma_addr(v1), PS, 2 * i, 1) != tf_word(1 + 2 * i, 1))
+			bad++;
+	if (!r)
+		r = oc_fileh_mmap(fh, 0, 1, &v0);
+	if (!r && *tf_at(oc_vma_addr(v0), PS, 0, 1) != tf_word(0, 1))
+		bad++;
+	CHECK(r == 0 && bad == 0, "block 0 read again after %llu others (%d)",
+	      (unsigned long long)n, r);
+	oc_vma_unmap(v0);
+	oc_vma_unmap(v1);
+	CHECK_EQ(oc_fileh_close(fh), 0, "close");
+	oc_file_put(&tf.file);
+	CHECK_EQ(oc_ram_close(ram), 0, "close RAM");
+}
+
 int main(void)
 {
 	long limit = max_map_count();
@@ -193,5 +240,6 @@ int main(void)
 	oc_file_put(&tf.file);
 	CHECK_EQ(oc_ram_close(ram), 0, "close RAM");
 	many_reservations(limit);
+	remap_cached_at_limit(limit);
 	return check_done();
 }
