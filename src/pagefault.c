@@ -39,6 +39,7 @@
 #include <signal.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <time.h>
 #include <ucontext.h>
 #include <unistd.h>
 
@@ -75,17 +76,62 @@ void _oc_die(int sig)
 /* Set while this thread runs the handler we chain to: one that restores
  * its own predecessor (us, when it was installed after us) and raises the
  * signal again, as Python's faulthandler does, reaches us again here, and
- * gets the default action instead of a loop. */
+ * gets the default action instead of a loop.  (Reset by a served fault:
+ * a handler may leave by siglongjmp.) */
 static __thread int chaining;
+/* The fault last passed on.  When the same one keeps coming back at once
+ * (64 times, each within a millisecond), the handler returns without
+ * curing it (faulthandler once disabled does that), and passing it on
+ * again would loop for ever: the default action instead.  A handler that
+ * cures a fault lets the instruction go on; one that takes the same fault
+ * again later (a runtime's safepoint, say) is not at once. */
+#define PASS_LOOP 64
+static __thread struct {
+	void *addr;
+	uintptr_t ip;
+	uint64_t ns;
+	unsigned n;
+} passed;
+
+static uint64_t now_ns(void)
+{
+	struct timespec t;
+
+	clock_gettime(CLOCK_MONOTONIC, &t); /* async-signal-safe */
+	return (uint64_t)t.tv_sec * 1000000000u + (uint64_t)t.tv_nsec;
+}
+
+static uintptr_t fault_ip(void *ucv)
+{
+#if defined(__x86_64__) && defined(REG_RIP)
+	return (uintptr_t)((ucontext_t *)ucv)->uc_mcontext.gregs[REG_RIP];
+#else
+	(void)ucv;
+	return 0;
+#endif
+}
 
 static void chain(int sig, siginfo_t *si, void *uc)
 {
 	struct sigaction sa;
+	bool looping = false;
 
+	if (si->si_code > 0) {
+		uint64_t t = now_ns();
+		if (passed.addr == si->si_addr && passed.ip == fault_ip(uc) &&
+		    t - passed.ns < 1000000) {
+			looping = ++passed.n >= PASS_LOOP;
+		} else {
+			passed.addr = si->si_addr;
+			passed.ip = fault_ip(uc);
+			passed.n = 0;
+		}
+		passed.ns = t;
+	}
 	/* sa_handler and sa_sigaction share storage: SIG_DFL and SIG_IGN
 	 * are never functions, whatever the flags say. */
 	if (prev.sa_handler != SIG_DFL && prev.sa_handler != SIG_IGN &&
-	    !chaining) {
+	    !chaining && !looping) {
 		chaining = 1;
 		if (prev.sa_flags & SA_SIGINFO)
 			prev.sa_sigaction(sig, si, uc);
@@ -125,12 +171,11 @@ static void on_segv_body(int sig, siginfo_t *si, void *uc)
 	if (si->si_code <= 0)
 		goto pass; /* kill(), sigqueue(), ...: not a fault */
 	write = access_kind(uc);
-#if defined(__x86_64__) && defined(REG_RIP)
-	fi.ip = (uintptr_t)((ucontext_t *)uc)->uc_mcontext.gregs[REG_RIP];
-#endif
+	fi.ip = fault_ip(uc);
 	for (;;) {
 		r = _oc_serve(addr, write, &fi);
 		if (r == 0) {
+			chaining = 0;
 			errno = saved;
 			return;
 		}

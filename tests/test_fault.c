@@ -342,6 +342,30 @@ static void c_reraising_handler(void *arg)
 	_exit(0);
 }
 
+/* One that returns without curing the fault (faulthandler after its
+ * disable() does): the fault comes back at once, again and again; after a
+ * few rounds it gets the default action, not a loop (the alarm would end
+ * one with SIGALRM). */
+static void returning_handler(int sig)
+{
+	(void)sig;
+}
+
+static void c_returning_handler(void *arg)
+{
+	struct sigaction sa;
+	(void)arg;
+	child_open("treturn");
+	memset(&sa, 0, sizeof(sa));
+	sa.sa_handler = returning_handler;
+	sigaction(SIGSEGV, &sa, NULL);
+	if (oc_pagefault_install())
+		_exit(95);
+	sink = *tf_at(cbase, PS, 0, 0);
+	*null_ptr = 1;
+	_exit(0);
+}
+
 static void test_outside(void)
 {
 	struct child c;
@@ -376,6 +400,9 @@ static void test_outside(void)
 	run_child(c_later_handler, NULL, &c);
 	CHECK(died_of(&c, SIGUSR1), "a handler installed later: ours back on "
 	      "top serves the fault, the other gets the crash (%s)", how(&c));
+	run_child(c_returning_handler, NULL, &c);
+	CHECK(died_of(&c, SIGSEGV), "a later handler that returns without "
+	      "curing the fault: the default action, not a loop (%s)", how(&c));
 	run_child(c_reraising_handler, NULL, &c);
 	CHECK(died_of(&c, SIGSEGV) && strstr(c.err, "reraise\n") &&
 	      !strstr(strstr(c.err, "reraise\n") + 1, "reraise\n"),

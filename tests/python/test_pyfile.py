@@ -331,6 +331,13 @@ def test_faulthandler_enabled_after_the_first_handle():
     assert "served 1 2" in r.stdout
     assert r.returncode == -signal.SIGSEGV, (r.returncode, r.stderr)
     assert "Segmentation fault" in r.stderr and "string_at" in r.stderr
+    # disabled again: its handler returns at once, and a crash looped
+    r = subprocess.run([sys.executable, "-c", textwrap.dedent(code).replace(
+        "faulthandler.enable()", "faulthandler.enable(); "
+        "faulthandler.disable()"), "crash"], capture_output=True, text=True,
+        timeout=60, env=dict(os.environ, PYTHONPATH=ROOT), cwd=ROOT)
+    assert "served 1 2" in r.stdout
+    assert r.returncode == -signal.SIGSEGV, (r.returncode, r.stderr)
 
 
 def test_transient_loadblk_failure_in_fault_is_retried():
