@@ -178,20 +178,30 @@ uint64_t oc_plainfile_size(oc_file_t *f)
 int oc_plainfile_resize(oc_file_t *f, uint64_t size)
 {
 	struct plainfile *p = (struct plainfile *)f;
+	uint64_t old;
 
 	if (!f || f->ops != &plain_ops || size > INT64_MAX)
 		return -EINVAL;
 	if (p->flags & OC_PLAINFILE_RDONLY)
 		return -EROFS;
-	if (size < __atomic_load_n(&p->size, __ATOMIC_ACQUIRE)) {
-		/* the block holding the new end on: mapped from the file,
-		 * their pages past it would raise SIGBUS */
-		int err = _oc_file_cut(f, size / f->blksize);
-		if (err)
+	old = __atomic_load_n(&p->size, __ATOMIC_ACQUIRE);
+	if (size < old) {
+		/* The new size first, so that no load maps past it from
+		 * here on; then the blocks from the one holding the new end
+		 * on go (mapped from the file, their pages past the end
+		 * would raise SIGBUS). */
+		int err;
+		__atomic_store_n(&p->size, size, __ATOMIC_RELEASE);
+		err = _oc_file_cut(f, size / f->blksize);
+		if (err) {
+			__atomic_store_n(&p->size, old, __ATOMIC_RELEASE);
 			return err;
+		}
 	}
-	if (ftruncate(p->fd, (off_t)size))
+	if (ftruncate(p->fd, (off_t)size)) {
+		__atomic_store_n(&p->size, old, __ATOMIC_RELEASE);
 		return -errno;
+	}
 	__atomic_store_n(&p->size, size, __ATOMIC_RELEASE);
 	return 0;
 }
