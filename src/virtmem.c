@@ -433,7 +433,10 @@ int64_t _oc_page_drop(struct page *p, bool keep_slot)
  * faulted clean pages, or unmap (never drop) dirty ones. */
 static void bound_maps(void)
 {
-	uint64_t target = map_limit * 3 / 4, total = total_limit - total_limit / 8;
+	/* below the limits by a margin, so that the next faults do not come
+	 * straight back (oc_fileh_mmap leaves page mappings 2048 of room) */
+	uint64_t target = map_limit * 3 / 4,
+		 total = total_limit > 2048 ? total_limit - 1024 : total_limit / 2;
 
 	while (nmaps > target || (nmaps && nmaps + nreg > total)) {
 		struct page *best = NULL;
@@ -1572,9 +1575,9 @@ int oc_fileh_mmap(oc_fileh_t *fh, uint64_t pgoffset, uint64_t pglen,
 	align = fh->ram->pagesize;
 	if (len >= ((size_t)2 << 20) && align < ((size_t)2 << 20))
 		align = (size_t)2 << 20;
-	/* room for the reservation and a thousand page mappings */
+	/* room for the reservation and two thousand page mappings */
 	_oc_lock();
-	err = nreg + 1 + 1024 > total_limit ? OC_EMAPLIMIT : 0;
+	err = nreg + 1 + 2048 > total_limit ? OC_EMAPLIMIT : 0;
 	_oc_unlock();
 	if (err)
 		return err;

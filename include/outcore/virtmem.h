@@ -121,7 +121,9 @@ OC_API oc_ram_t *oc_fileh_ram(const oc_fileh_t *fh);
  * is at least that long) and starts inaccessible; pages appear on first
  * touch.  Dirty pages of the handle appear there too.  Returns 0 and *out,
  * or -EINVAL (pglen 0, or the range reaching past 2^63 bytes of file),
- * -ENOMEM (no address space that large), OC_EFORKED. */
+ * -ENOMEM (no address space that large), OC_EMAPLIMIT (so many mappings
+ * that the kernel's limit, vm.max_map_count, would leave too little room
+ * for their pages), OC_EFORKED. */
 OC_API int oc_fileh_mmap(oc_fileh_t *fh, uint64_t pgoffset, uint64_t pglen,
 			 oc_vma_t **out);
 
@@ -147,6 +149,7 @@ OC_API oc_vma_t *oc_vma_lookup(const void *addr);
  *   -EINVAL     bad flags;
  *   -EBUSY      another writeout of this handle is running;
  *   -EROFS      the file has no storeblk;
+ *   -EPERM      a store's array handle (only oc_store_commit writes it);
  *   the first storeblk error: pages not yet stored stay dirty (with both
  *   flags, the pages stored before the failure are marked stored), nothing
  *   is lost, and the handle stays usable: retry or discard.
