@@ -743,8 +743,16 @@ static void on_changed(void *arg, uint64_t id, uint64_t blk)
 	}
 }
 
-/* Start a new snapshot and bring the records up to date with it. */
-static int renew(oc_store_t *st)
+/* Let go of the snapshot the last renew_keep replaced. */
+static void release_old(oc_store_t *st)
+{
+	if (st->ops->snapshot_release)
+		st->ops->snapshot_release(st->eng);
+}
+
+/* Start a new snapshot and bring the records up to date with it; the old
+ * one is held until release_old. */
+static int renew_keep(oc_store_t *st)
 {
 	struct sarray *sa;
 	int err = st->ops->snapshot_renew(st->eng, on_changed, st);
@@ -773,6 +781,15 @@ static int renew(oc_store_t *st)
 		sa->meta = meta;
 	}
 	return 0;
+}
+
+/* renew_keep, letting go of the old snapshot at once. */
+static int renew(oc_store_t *st)
+{
+	int err = renew_keep(st);
+
+	release_old(st);
+	return err;
 }
 
 static bool has_changes(oc_store_t *st)
@@ -861,9 +878,10 @@ int oc_store_commit(oc_store_t *st)
 	/* The data is durable.  The next snapshot comes first: loads from
 	 * here on (another thread's, of a block the loop below drops) must
 	 * see this commit; from the old snapshot they cached what it
-	 * replaced, for good (the renewal passes over our own commit).  A
-	 * failure to take it is reported, but the commit stands. */
-	rerr = renew(st);
+	 * replaced, for good (the renewal passes over our own commit).  The
+	 * old one is held until the loop has dropped what still maps it.  A
+	 * failure to take the new one is reported, but the commit stands. */
+	rerr = renew_keep(st);
 
 	/* Committed: make the records and pages say so. */
 	for (sa = st->arrays; sa; sa = sa->next) {
@@ -896,6 +914,9 @@ int oc_store_commit(oc_store_t *st)
 			sa->trunc = NO_TRUNC;
 		}
 	}
+	/* The pages that showed the old snapshot's extents (patched ones)
+	 * are gone: its space may be reused now. */
+	release_old(st);
 	st->failed = rerr != 0;
 	st->n_commits++;
 	return rerr;

@@ -118,6 +118,12 @@ typedef struct oc_store_engine_ops {
 	 * blocks stored there, not with their numbers. */
 	int (*txn_truncate)(void *eng, uint64_t id, uint64_t nblk,
 			    size_t blksize);
+
+	/* Optional: let go of the snapshot the last snapshot_renew replaced,
+	 * which it keeps until then (or until the next renewal): what is
+	 * still mapped from it (the base of a patched page) stays valid, its
+	 * space not reused, while a commit drops those pages. */
+	void (*snapshot_release)(void *eng);
 } oc_store_engine_ops_t;
 
 extern const oc_store_engine_ops_t _oc_store_lmdb;

@@ -179,6 +179,8 @@ struct lmdb_eng {
 	size_t nchanged;
 	uint64_t last_commit;   /* our last committed txnid */
 	uint64_t data_size;     /* data end of the last state we know */
+	MDB_txn *held;          /* the snapshot the last renewal replaced,
+				 * until snapshot_release */
 	uint64_t prealloc_end;  /* the data file is allocated up to here */
 	unsigned char *old;     /* txn_block: the stored version of a block */
 	unsigned char *marks;   /* txn_block: MARK_* of each page */
@@ -313,6 +315,8 @@ static void eng_close(void *p)
 		mdb_txn_abort(e->snap);
 	if (e->spare)
 		mdb_txn_abort(e->spare);
+	if (e->held)
+		mdb_txn_abort(e->held);
 	if (e->env)
 		mdb_env_close(e->env);
 	if (e->datafd >= 0)
@@ -2415,6 +2419,20 @@ static int eng_txn_commit(void *p)
 
 /* ---- snapshot renewal ------------------------------------------------------ */
 
+static void eng_snapshot_release(void *p)
+{
+	struct lmdb_eng *e = p;
+
+	if (!e->held)
+		return;
+	mdb_txn_reset(e->held); /* its reader slot: space it sees may go */
+	if (e->spare)
+		mdb_txn_abort(e->held);
+	else
+		e->spare = e->held;
+	e->held = NULL;
+}
+
 static int eng_snapshot_renew(void *p,
 			      void (*changed)(void *arg, uint64_t id, uint64_t blk),
 			      void *arg)
@@ -2469,8 +2487,8 @@ static int eng_snapshot_renew(void *p,
 	e->snap = n;
 	e->snap_id = new_id;
 	pthread_mutex_unlock(&e->mu);
-	mdb_txn_reset(old);
-	e->spare = old;
+	eng_snapshot_release(e); /* one older still held */
+	e->held = old;           /* until snapshot_release */
 	return 0;
 }
 
@@ -2511,6 +2529,7 @@ const oc_store_engine_ops_t _oc_store_lmdb = {
 	.txn_commit = eng_txn_commit,
 	.txn_abort = eng_txn_abort,
 	.snapshot_renew = eng_snapshot_renew,
+	.snapshot_release = eng_snapshot_release,
 	.stats = eng_stats,
 	.txn_block_part = eng_txn_block_part,
 	.txn_truncate = eng_txn_truncate,
