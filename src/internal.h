@@ -328,10 +328,12 @@ struct oc_fileh {
 };
 
 /* A file is cut short to blk blocks (plainfile.c, before its ftruncate):
- * drop the cached blocks from blk on in every handle of it, whose base
- * mappings would raise SIGBUS past the file's end.  Returns 0, or -EBUSY
- * when a handle has a dirty or busy page there (nothing dropped). */
-int _oc_file_cut(oc_file_t *file, uint64_t blk);
+ * publish new_size in *size (read by its ops) and drop the cached blocks
+ * from blk on in every handle of it, whose base mappings would raise
+ * SIGBUS past the file's end.  Returns 0, or -EBUSY when a handle has a
+ * dirty or busy page there, or a writeout running (nothing changed). */
+int _oc_file_cut(oc_file_t *file, uint64_t blk, uint64_t *size,
+		 uint64_t new_size);
 
 /* Whether oc_fileh_close would refuse fh now (-EBUSY: mappings, a
  * writeout, pages busy; lock held). */

@@ -186,17 +186,12 @@ int oc_plainfile_resize(oc_file_t *f, uint64_t size)
 		return -EROFS;
 	old = __atomic_load_n(&p->size, __ATOMIC_ACQUIRE);
 	if (size < old) {
-		/* The new size first, so that no load maps past it from
-		 * here on; then the blocks from the one holding the new end
-		 * on go (mapped from the file, their pages past the end
+		/* The new size, and the blocks from the one holding the new
+		 * end on go (mapped from the file, their pages past the end
 		 * would raise SIGBUS). */
-		int err;
-		__atomic_store_n(&p->size, size, __ATOMIC_RELEASE);
-		err = _oc_file_cut(f, size / f->blksize);
-		if (err) {
-			__atomic_store_n(&p->size, old, __ATOMIC_RELEASE);
+		int err = _oc_file_cut(f, size / f->blksize, &p->size, size);
+		if (err)
 			return err;
-		}
 	}
 	if (ftruncate(p->fd, (off_t)size)) {
 		__atomic_store_n(&p->size, old, __ATOMIC_RELEASE);

@@ -1467,7 +1467,8 @@ int oc_fileh_open(oc_fileh_t **out, oc_file_t *file, oc_ram_t *ram)
 	return 0;
 }
 
-int _oc_file_cut(oc_file_t *file, uint64_t blk)
+int _oc_file_cut(oc_file_t *file, uint64_t blk, uint64_t *size,
+		 uint64_t new_size)
 {
 	struct oc_list *e;
 	struct page *p;
@@ -1475,14 +1476,20 @@ int _oc_file_cut(oc_file_t *file, uint64_t blk)
 	int pass, err = 0;
 
 	_oc_lock();
-	/* Pass 0 looks, pass 1 drops: all or nothing. */
+	/* Pass 0 looks, pass 1 drops: all or nothing.  The new size is
+	 * published in between, so that a refused cut never showed it to a
+	 * load, and no load after the cut maps past it. */
 	for (pass = 0; pass < 2 && !err; pass++) {
+		if (pass == 1)
+			__atomic_store_n(size, new_size, __ATOMIC_RELEASE);
 		for (e = all_fh.next; e != &all_fh && !err; e = e->next) {
 			oc_fileh_t *fh = oc_container_of(e, oc_fileh_t, link);
 			if (fh->file != file || fh->gen != _oc_gen)
 				continue;
 			if (pass == 0 && (fh->writeout || fh->nbusy))
 				err = -EBUSY;
+			if (pass == 1)
+				fh->inval_gen++; /* read ahead in flight: keep none */
 			for (k = blk; !err && (p = oc_pagemap_next(&fh->pages, &k));
 			     k++) {
 				if (pass == 0 && (p->state == PAGE_DIRTY ||
