@@ -38,6 +38,8 @@ import numpy.lib.format as _npformat
 __all__ = ["main"]
 
 PROG = "outcore"
+# The files an embedded store is made of (store_lmdb.c)
+STORE_FILES = ("data", "index.mdb", "index.mdb-lock")
 
 
 class CLIError(Exception):
@@ -367,7 +369,7 @@ def remove_store(path, rmdir):
     """Remove the store a failed command made at path: its files, and
     with rmdir the directory (made too) if that leaves it empty; nothing
     else is touched."""
-    for f in ("data", "index.mdb", "index.mdb-lock"):
+    for f in STORE_FILES:
         try:
             os.unlink(os.path.join(path, f))
         except OSError:
@@ -887,7 +889,7 @@ def export_target(path, store):
         home = os.path.realpath(store)
         inside = os.path.commonpath([home, real]) == home
         if not inside and st is not None:      # a hard link to a store file
-            for f in ("data", "index.mdb", "index.mdb-lock"):
+            for f in STORE_FILES:
                 try:
                     inside = inside or os.path.samefile(
                         path, os.path.join(home, f))

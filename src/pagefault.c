@@ -48,8 +48,7 @@
 static struct sigaction prev;
 static pthread_mutex_t install_lock = PTHREAD_MUTEX_INITIALIZER;
 static int installed;
-static void (*ours)(int, siginfo_t *, void *); /* our handler, installed */
-static struct sigaction ours_sa;
+static struct sigaction ours; /* our handler as installed */
 static bool trust_error_code;
 oc_fatal_hook_t _oc_fatal_hook;
 
@@ -294,8 +293,8 @@ int oc_pagefault_install(void)
 		 * managed memory for a crash: ours goes on top again, and
 		 * chains to it. */
 		if (sigaction(SIGSEGV, NULL, &cur) || !(cur.sa_flags & SA_SIGINFO) ||
-		    cur.sa_sigaction != ours) {
-			if (sigaction(SIGSEGV, &ours_sa, &cur) == 0)
+		    cur.sa_sigaction != ours.sa_sigaction) {
+			if (sigaction(SIGSEGV, &ours, &cur) == 0)
 				prev = cur;
 			else
 				err = -errno;
@@ -317,8 +316,7 @@ int oc_pagefault_install(void)
 		err = -errno;
 		goto out;
 	}
-	ours = sa.sa_sigaction;
-	ours_sa = sa;
+	ours = sa;
 	installed = 1;
 out:
 	pthread_mutex_unlock(&install_lock);

@@ -497,6 +497,28 @@ static bool maps_refused(void)
 	return nmaps < before;
 }
 
+/* bound_maps (after a refusal: maps_refused) with the n pages of run,
+ * about to be mapped, out of its reach: it would drop them under the
+ * caller.  Returns whether a mapping went. */
+static bool make_room_but(struct page **run, uint64_t n, bool refused)
+{
+	bool off[64], went;
+	uint64_t i, before = nmaps;
+
+	for (i = 0; i < n; i++)
+		if ((off[i] = oc_list_linked(&run[i]->lru)))
+			oc_list_del(&run[i]->lru);
+	if (refused)
+		(void)maps_refused();
+	else
+		bound_maps();
+	went = nmaps < before;
+	for (i = 0; i < n; i++)
+		if (off[i])
+			lru_touch(run[i]);
+	return went;
+}
+
 static int map_run(struct oc_vma *v, struct page **run, uint64_t n, int prot,
 		   bool populate)
 {
@@ -509,13 +531,8 @@ static int map_run(struct oc_vma *v, struct page **run, uint64_t n, int prot,
 	void *park = p->park;
 
 	OC_BUG_ON(n == 0 || n > 64);
-	/* Out of reach of bound_maps and maps_refused, which would drop them
-	 * under us; back on their lists below, whatever happens. */
-	for (i = 0; i < n; i++)
-		if (oc_list_linked(&run[i]->lru))
-			oc_list_del(&run[i]->lru);
 	if (nmaps + n > map_limit || nmaps + nreg + n > total_limit)
-		bound_maps();
+		make_room_but(run, n, false);
 	for (i = 0; i < n; i++) {
 		recs[i] = malloc(sizeof *recs[i]);
 		if (!recs[i] ||
@@ -547,7 +564,7 @@ static int map_run(struct oc_vma *v, struct page **run, uint64_t n, int prot,
 	/* A base run is populated after advice for large folios. */
 	err = _oc_os_map_fixed(page_addr(v, p->blk), n << ram->pageshift, prot,
 			       fd, off, populate && p->state != PAGE_BASE);
-	if (err == -ENOMEM && maps_refused())
+	if (err == -ENOMEM && make_room_but(run, n, true))
 		err = _oc_os_map_fixed(page_addr(v, p->blk), n << ram->pageshift,
 				       prot, fd, off,
 				       populate && p->state != PAGE_BASE);
@@ -561,16 +578,12 @@ static int map_run(struct oc_vma *v, struct page **run, uint64_t n, int prot,
 				      n << ram->pageshift);
 	}
 linked:
-	for (i = 0; i < n; i++) {
+	for (i = 0; i < n; i++)
 		link_rec(recs[i], v, run[i], prot, 1);
-		lru_touch(run[i]);
-	}
 	return 0;
 undo:
 	while (i-- > 0)
 		free(oc_pagemap_del(&v->maps, run[i]->blk - v->pgoffset));
-	for (i = 0; i < n; i++)
-		lru_touch(run[i]);
 	return err;
 }
 
@@ -1349,25 +1362,34 @@ static __thread struct {
 	uintptr_t before;      /* the one before it */
 } last;
 
-/* The page of the block shown at addr (lock held), or NULL. */
+/* The page of the block shown at addr in v, or at addr (lock held), or
+ * NULL. */
+static struct page *page_in(const struct oc_vma *v, uintptr_t addr)
+{
+	return oc_pagemap_get(&v->fh->pages,
+			      v->pgoffset + ((addr - v->start) >>
+					     v->fh->ram->pageshift));
+}
+
 static struct page *page_at(uintptr_t addr)
 {
 	struct oc_vma *v = lookup_locked(addr);
 
-	return v ? oc_pagemap_get(&v->fh->pages,
-				  v->pgoffset + ((addr - v->start) >>
-						 v->fh->ram->pageshift))
-		 : NULL;
+	return v ? page_in(v, addr) : NULL;
 }
 
-/* Whether a and b are in the same page of one mapping (lock held). */
-static bool same_page(uintptr_t a, uintptr_t b)
+/* Whether the fault at addr, in v, at instruction ip, is the same
+ * instruction's as this thread's last one (see SPAN_MAX). */
+static bool same_instruction(const struct oc_vma *v, uintptr_t addr,
+			     uintptr_t ip)
 {
-	struct oc_vma *v = lookup_locked(a);
+	uintptr_t prev = last.addr, b = last.before;
+	unsigned shift = v->fh->ram->pageshift;
 
-	return v && b >= v->start && b < v->stop &&
-	       ((a - v->start) >> v->fh->ram->pageshift) ==
-		       ((b - v->start) >> v->fh->ram->pageshift);
+	if ((addr > prev ? addr - prev : prev - addr) < SPAN_MAX)
+		return true;
+	return ip && ip == last.ip && b >= v->start && b < v->stop &&
+	       (addr - v->start) >> shift == (b - v->start) >> shift;
 }
 
 int _oc_serve(uintptr_t addr, int write, struct oc_fault_info *fi)
@@ -1378,18 +1400,16 @@ int _oc_serve(uintptr_t addr, int write, struct oc_fault_info *fi)
 	int r;
 
 	_oc_lock();
-	if (prev && ((addr > prev ? addr - prev : prev - addr) < SPAN_MAX ||
-		     (fi->ip && fi->ip == last.ip && last.before &&
-		      same_page(addr, last.before))) &&
+	v = lookup_locked(addr);
+	if (v && prev && same_instruction(v, addr, fi->ip) &&
 	    (keep = page_at(prev)) != NULL) {
 		/* on an LRU list: reclaim's (or bound_maps') to take */
-		if (keep != page_at(addr) && oc_list_linked(&keep->lru))
+		if (keep != page_in(v, addr) && oc_list_linked(&keep->lru))
 			oc_list_del(&keep->lru);
 		else
 			keep = NULL;
 	}
 	for (;;) {
-		v = lookup_locked(addr);
 		if (!v) {
 			r = 1;
 			break;
@@ -1397,6 +1417,7 @@ int _oc_serve(uintptr_t addr, int write, struct oc_fault_info *fi)
 		r = fault_page(v, addr, write, fi);
 		if (r != RETRY)
 			break;
+		v = lookup_locked(addr); /* the lock may have been dropped */
 	}
 	/* Back on its list.  The lock may have been dropped meanwhile, and
 	 * the page dropped by another thread: only the page still there. */

@@ -1558,6 +1558,18 @@ out:
 
 /* ---- bad input ----------------------------------------------------------------- */
 
+/* Make the file at path hold text (a user's file in the way); whether it
+ * does. */
+static bool put_file(const char *path, const char *text)
+{
+	int fd = open(path, O_CREAT | O_WRONLY | O_TRUNC, 0644);
+	bool ok = fd >= 0 && write(fd, text, strlen(text)) == (ssize_t)strlen(text);
+
+	if (fd >= 0)
+		close(fd);
+	return ok;
+}
+
 static void test_bad_input(const char *path)
 {
 	char p[600], q[600];
@@ -1567,9 +1579,7 @@ static void test_bad_input(const char *path)
 	int fd;
 
 	path_of(p, sizeof p, "plainfile");
-	fd = open(p, O_CREAT | O_WRONLY, 0644);
-	CHECK(fd >= 0 && write(fd, "hello world", 11) == 11, "a random file");
-	close(fd);
+	CHECK(put_file(p, "hello world"), "a random file");
 	CHECK_EQ(oc_store_open(&s, p, 0, ram), OC_ENOTSTORE, "a file: ENOTSTORE");
 	CHECK_EQ(oc_store_open(&s, p, OC_STORE_CREATE, ram), OC_ENOTSTORE,
 		 "a file with CREATE: ENOTSTORE");
@@ -1577,9 +1587,7 @@ static void test_bad_input(const char *path)
 	mkdir(p, 0755);
 	CHECK_EQ(oc_store_open(&s, p, 0, ram), OC_ENOTSTORE, "an empty directory: ENOTSTORE");
 	path_of(q, sizeof q, "emptydir/notes.txt");
-	fd = open(q, O_CREAT | O_WRONLY, 0644);
-	CHECK(fd >= 0 && write(fd, "mine", 4) == 4, "a user's file in a directory");
-	close(fd);
+	CHECK(put_file(q, "mine"), "a user's file in a directory");
 	CHECK_EQ(oc_store_open(&s, p, OC_STORE_CREATE, ram), OC_ENOTSTORE,
 		 "CREATE among other files: ENOTSTORE");
 	path_of(q, sizeof q, "emptydir/index.mdb");
@@ -1587,9 +1595,7 @@ static void test_bad_input(const char *path)
 	path_of(q, sizeof q, "emptydir/notes.txt");
 	unlink(q);
 	path_of(q, sizeof q, "emptydir/data");
-	fd = open(q, O_CREAT | O_WRONLY, 0644);
-	CHECK(fd >= 0 && write(fd, "mine", 4) == 4, "a user's file named data");
-	close(fd);
+	CHECK(put_file(q, "mine"), "a user's file named data");
 	CHECK_EQ(oc_store_open(&s, p, OC_STORE_CREATE, ram), OC_ENOTSTORE,
 		 "CREATE next to it: ENOTSTORE (it would become the data file)");
 	CHECK(truncate(q, 0) == 0, "empty it");
